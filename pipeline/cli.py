@@ -1,0 +1,65 @@
+"""The `fat` command: one subcommand per pipeline stage.
+
+Each stage lives in `pipeline.commands.<name>` and exposes `add_parser(subparsers)`, which
+registers its sub-parser with `func=run`. Heavy imports (torch, yt-dlp) happen inside `run`
+so that `fat --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from pipeline import __version__
+from pipeline.errors import FatError
+
+# Stage order = pipeline order; `fat --help` lists them in this order.
+COMMANDS: tuple[str, ...] = (
+)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults and keep the descriptions' line breaks."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fat",
+        description="faster-audio-transformers: AudioSet → EfficientAT teacher logits → ToMe-AST student.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"pipeline.commands.{name}").add_parser(subparsers)
+    return parser
+
+
+def add_command(subparsers: argparse._SubParsersAction, name: str, summary: str, description: str | None = None) -> argparse.ArgumentParser:
+    """Register one stage's sub-parser with the shared formatter."""
+    return subparsers.add_parser(name, help=summary, description=description or summary, formatter_class=HelpFormatter)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except FatError as exc:
+        print(f"fat {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"fat {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
