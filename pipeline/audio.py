@@ -53,7 +53,7 @@ def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     )
     if decoded.returncode != 0:
         raise FatError(f"{path}: ffmpeg could not decode it ({_last_line(decoded.stderr.decode(errors='replace'))})")
-    samples = np.frombuffer(decoded.stdout, dtype=np.float32)
+    samples = np.frombuffer(decoded.stdout, dtype=np.float32).copy()
     return samples.reshape(-1, channels), rate
 
 
