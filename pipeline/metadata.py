@@ -1,0 +1,349 @@
+"""AudioSet segment lists: parse the official raw CSVs, check every row, write one normalised CSV per split.
+
+Raw layout (as Google publishes it): comment lines starting with `#`, then rows
+`YTID, start_seconds, end_seconds, "mid,mid,..."` (a space after each comma, the label list
+quoted). The normalised layout that later stages read is a plain CSV with the header
+`ytid,start_seconds,end_seconds,positive_labels`. Every problem names the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import io
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.atomic import write_bytes_atomic, write_text_atomic
+from pipeline.errors import FatError
+from pipeline.ids import YTID_PATTERN, is_valid_ytid
+
+SPLITS: tuple[str, ...] = ("balanced_train", "eval", "unbalanced_train")
+RAW_FILENAMES: dict[str, str] = {split: f"{split}_segments.csv" for split in SPLITS}
+LABEL_FILENAME = "class_labels_indices.csv"
+COLUMNS: tuple[str, ...] = ("ytid", "start_seconds", "end_seconds", "positive_labels")
+# AudioSet windows are at most 10 s; the small tolerance absorbs the 3-decimal rounding of the CSVs.
+MAX_WINDOW_SECONDS = 10.0
+WINDOW_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    """A raw row that `--skip-invalid` left out, with why (written to the skip report)."""
+
+    file: str
+    line: int
+    ytid: str
+    reason: str
+    text: str
+
+
+@dataclass(frozen=True)
+class LabelTable:
+    """The class list: MIDs in index order and their display names."""
+
+    mids: tuple[str, ...]
+    names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.mids)
+
+
+# --------------------------------------------------------------------------- label CSV
+
+
+def parse_label_csv(path: str | Path) -> LabelTable:
+    """Read `class_labels_indices.csv` (`index,mid,display_name`); indices must be 0..C-1 in order."""
+    path = Path(path)
+    rows = _read_csv_rows(path)
+    if not rows or [cell.strip() for cell in rows[0][1]] != ["index", "mid", "display_name"]:
+        raise FatError(f"{path}:1: expected the header 'index,mid,display_name'")
+    mids: list[str] = []
+    names: list[str] = []
+    seen: dict[str, int] = {}
+    for line, cells in rows[1:]:
+        if len(cells) != 3:
+            raise FatError(f"{path}:{line}: expected 3 fields (index,mid,display_name), found {len(cells)}")
+        index_text, mid, name = (cell.strip() for cell in cells)
+        if index_text != str(len(mids)):
+            raise FatError(f"{path}:{line}: index {index_text!r} out of order (expected {len(mids)})")
+        if not mid.startswith("/"):
+            raise FatError(f"{path}:{line}: {mid!r} is not a label MID (like /m/09x0r)")
+        if mid in seen:
+            raise FatError(f"{path}:{line}: MID {mid} repeats line {seen[mid]}")
+        seen[mid] = line
+        mids.append(mid)
+        names.append(name)
+    if not mids:
+        raise FatError(f"{path}: no classes")
+    return LabelTable(tuple(mids), tuple(names))
+
+
+def copy_label_csv(source: str | Path, destination: str | Path) -> LabelTable:
+    """Check `source` and copy it byte for byte (its sha256 is provenance for the logits store)."""
+    labels = parse_label_csv(source)
+    write_bytes_atomic(destination, Path(source).read_bytes())
+    return labels
+
+
+# --------------------------------------------------------------------------- raw segment CSVs
+
+
+def parse_segments_csv(
+    path: str | Path,
+    known_mids: Iterable[str] | None = None,
+    skip_invalid: bool = False,
+) -> tuple[pd.DataFrame, list[SkippedRow]]:
+    """Parse an official `*_segments.csv`; return (rows, skipped).
+
+    Each row is checked: 4 fields, a valid YouTube id (unique in the file), finite times with
+    0 ≤ start < end and end − start ≤ 10 s, at least one label, every label a known MID.
+    A bad row raises a FatError naming file and line, unless `skip_invalid`, when it is
+    returned in `skipped` instead (never dropped silently).
+    """
+    path = Path(path)
+    known = frozenset(known_mids) if known_mids is not None else None
+    ytids: list[str] = []
+    starts: list[float] = []
+    ends: list[float] = []
+    labels: list[str] = []
+    skipped: list[SkippedRow] = []
+    first_line: dict[str, int] = {}
+    data_rows = 0
+    for line, text in _data_lines(path):
+        data_rows += 1
+        if data_rows == 1 and text.lstrip().upper().startswith("YTID"):
+            continue  # an uncommented header line, as some copies have
+        try:
+            ytid, start, end, mids = _check_segment_row(text, known)
+            if ytid in first_line:
+                raise ValueError(f"id {ytid} repeats line {first_line[ytid]}")
+        except ValueError as exc:
+            reason = str(exc)
+            if not skip_invalid:
+                raise FatError(f"{path}:{line}: {reason}") from None
+            skipped.append(SkippedRow(str(path), line, _first_field(text), reason, text))
+            continue
+        first_line[ytid] = line
+        ytids.append(ytid)
+        starts.append(start)
+        ends.append(end)
+        labels.append(",".join(mids))
+    frame = pd.DataFrame(
+        {"ytid": pd.Series(ytids, dtype=object), "start_seconds": np.asarray(starts, dtype=np.float64),
+         "end_seconds": np.asarray(ends, dtype=np.float64), "positive_labels": pd.Series(labels, dtype=object)}
+    )
+    return frame, skipped
+
+
+def _data_lines(path: Path) -> Iterable[tuple[int, str]]:
+    """(line number, text) of every non-comment, non-blank line."""
+    try:
+        handle = open(path, encoding="utf-8", newline="")
+    except OSError as exc:
+        raise FatError(f"{path}: cannot read ({exc.strerror})") from None
+    with handle:
+        try:
+            for line, text in enumerate(handle, start=1):
+                stripped = text.strip()
+                if stripped and not stripped.startswith("#"):
+                    yield line, text.rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            raise FatError(f"{path}: not UTF-8 text ({exc})") from None
+
+
+def _check_segment_row(text: str, known: frozenset[str] | None) -> tuple[str, float, float, list[str]]:
+    """Split and check one raw row; ValueError with a reason when it is bad."""
+    try:
+        cells = next(csv.reader([text], skipinitialspace=True, strict=True))
+    except (csv.Error, StopIteration) as exc:
+        raise ValueError(f"malformed row ({exc})") from None
+    if len(cells) != 4:
+        raise ValueError(f"expected 4 fields (YTID, start_seconds, end_seconds, positive_labels), found {len(cells)}")
+    ytid, start_text, end_text, label_text = (cell.strip() for cell in cells)
+    if not is_valid_ytid(ytid):
+        raise ValueError(f"invalid YouTube id {ytid!r}")
+    start = _parse_seconds(start_text, "start_seconds")
+    end = _parse_seconds(end_text, "end_seconds")
+    _check_window(start, end)
+    mids = [mid.strip() for mid in label_text.split(",") if mid.strip()]
+    if not mids:
+        raise ValueError("no positive labels")
+    if known is not None:
+        unknown = [mid for mid in mids if mid not in known]
+        if unknown:
+            raise ValueError(f"unknown label MID(s) {', '.join(unknown)} (not in {LABEL_FILENAME})")
+    return ytid, start, end, mids
+
+
+def _parse_seconds(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} {text!r} is not finite")
+    return value
+
+
+def _check_window(start: float, end: float) -> None:
+    if start < 0:
+        raise ValueError(f"start_seconds {start:g} is negative")
+    if start >= end:
+        raise ValueError(f"start_seconds {start:g} is not before end_seconds {end:g}")
+    if end - start > MAX_WINDOW_SECONDS + WINDOW_TOLERANCE:
+        raise ValueError(f"window {start:g}–{end:g} s is {end - start:g} s, longer than {MAX_WINDOW_SECONDS:g} s")
+
+
+def _first_field(text: str) -> str:
+    return text.split(",", 1)[0].strip()
+
+
+def _read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of every non-blank CSV record."""
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle, strict=True)
+            rows: list[tuple[int, list[str]]] = []
+            line = 1
+            for cells in reader:
+                if cells:
+                    rows.append((line, cells))
+                line = reader.line_num + 1
+            return rows
+    except OSError as exc:
+        raise FatError(f"{path}: cannot read ({exc.strerror})") from None
+    except csv.Error as exc:
+        raise FatError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise FatError(f"{path}: not UTF-8 text ({exc})") from None
+
+
+# --------------------------------------------------------------------------- normalised CSVs
+
+
+def write_metadata_csv(path: str | Path, frame: pd.DataFrame) -> None:
+    """Write the normalised split CSV atomically (labels always quoted, times to the millisecond)."""
+    lines = [",".join(COLUMNS)]
+    for ytid, start, end, labels in zip(frame["ytid"], frame["start_seconds"], frame["end_seconds"], frame["positive_labels"]):
+        lines.append(f'{ytid},{start:.3f},{end:.3f},"{labels}"')
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def read_metadata_csv(path: str | Path) -> pd.DataFrame:
+    """Read a normalised `data/metadata/<split>.csv`.
+
+    Returns a DataFrame with columns ytid (str), start_seconds (float), end_seconds (float),
+    positive_labels (str, comma-joined MIDs), in file order. Checks the header, the ids
+    (valid and unique), and the windows; a FatError names the file and line of the first problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FatError(f"{path}: no such metadata file (run `fat metadata` first)")
+    try:
+        frame = pd.read_csv(
+            path, dtype={"ytid": str, "positive_labels": str}, keep_default_na=False, na_filter=False,
+            skipinitialspace=True,
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise FatError(f"{path}: not a readable metadata CSV ({exc})") from None
+    if tuple(frame.columns) != COLUMNS:
+        raise FatError(f"{path}:1: expected the header {','.join(COLUMNS)}, found {','.join(map(str, frame.columns))}")
+    for column in ("start_seconds", "end_seconds"):
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        bad = np.flatnonzero(numbers.isna().to_numpy())
+        if bad.size:
+            raise FatError(f"{path}:{bad[0] + 2}: {column} {frame[column].iloc[bad[0]]!r} is not a number")
+        frame[column] = numbers.astype(np.float64)
+    ytids = frame["ytid"].astype(str)
+    valid = ytids.str.fullmatch(YTID_PATTERN.pattern[1:-1])
+    if not valid.all():
+        row = int(np.flatnonzero(~valid.to_numpy())[0])
+        raise FatError(f"{path}:{row + 2}: invalid YouTube id {ytids.iloc[row]!r}")
+    duplicated = ytids.duplicated()
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated.to_numpy())[0])
+        raise FatError(f"{path}:{row + 2}: id {ytids.iloc[row]} appears twice")
+    for row, (start, end, labels) in enumerate(zip(frame["start_seconds"], frame["end_seconds"], frame["positive_labels"])):
+        try:
+            if not (math.isfinite(start) and math.isfinite(end)):
+                raise ValueError("times must be finite")
+            _check_window(start, end)
+            if not labels.strip():
+                raise ValueError("no positive labels")
+        except ValueError as exc:
+            raise FatError(f"{path}:{row + 2}: {exc}") from None
+    frame["ytid"] = ytids
+    frame["positive_labels"] = frame["positive_labels"].astype(str)
+    return frame.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- subsets
+
+
+def balanced_subset(frame: pd.DataFrame, size: int, seed: int = 0) -> pd.DataFrame:
+    """Pick `size` clips covering every class as evenly as the data allows.
+
+    Greedy water-filling: repeatedly take the class with the fewest picked clips so far (ties
+    broken at random) and add one random unpicked clip that carries it. Multi-label clips count
+    for all their classes, so frequent classes fill up by themselves; rare classes get every
+    clip they have. The result keeps the input order and is deterministic for a given seed.
+    """
+    if size < 0:
+        raise FatError(f"--balanced-subset must be ≥ 0, got {size}")
+    if size >= len(frame):
+        return frame.reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    clip_labels: list[list[str]] = [labels.split(",") for labels in frame["positive_labels"]]
+    members: dict[str, list[int]] = {}
+    for row, mids in enumerate(clip_labels):
+        for mid in mids:
+            members.setdefault(mid, []).append(row)
+    queues = {mid: list(rng.permutation(rows)) for mid, rows in members.items()}
+    counts = dict.fromkeys(members, 0)
+    tiebreak = dict(zip(members, rng.permutation(len(members)).tolist()))
+    heap = [(0, tiebreak[mid], mid) for mid in members]
+    heapq.heapify(heap)
+    picked = np.zeros(len(frame), dtype=bool)
+    taken = 0
+    while taken < size and heap:
+        count, order, mid = heapq.heappop(heap)
+        if count != counts[mid]:
+            heapq.heappush(heap, (counts[mid], order, mid))  # stale entry: the class filled up meanwhile
+            continue
+        queue = queues[mid]
+        while queue and picked[queue[-1]]:
+            queue.pop()
+        if not queue:
+            continue  # every clip of this class is in: it drops out
+        row = int(queue.pop())
+        picked[row] = True
+        taken += 1
+        for other in clip_labels[row]:
+            counts[other] += 1
+        heapq.heappush(heap, (counts[mid], order, mid))
+    return frame[picked].reset_index(drop=True)
+
+
+def class_counts(frame: pd.DataFrame, mids: Sequence[str] | None = None) -> pd.Series:
+    """Number of clips per MID (all MIDs of `mids` included, with 0 where absent)."""
+    counts: dict[str, int] = dict.fromkeys(mids, 0) if mids is not None else {}
+    for labels in frame["positive_labels"]:
+        for mid in labels.split(","):
+            counts[mid] = counts.get(mid, 0) + 1
+    return pd.Series(counts, dtype=np.int64)
+
+
+def write_skip_report(path: str | Path, skipped: Sequence[SkippedRow]) -> None:
+    """CSV of the rows `--skip-invalid` left out: file, line, ytid, reason, text."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file", "line", "ytid", "reason", "text"])
+    for row in skipped:
+        writer.writerow([row.file, row.line, row.ytid, row.reason, row.text])
+    write_text_atomic(path, buffer.getvalue())
