@@ -1,0 +1,204 @@
+"""The Audio Spectrogram Transformer (AST) on timm 1.0's DeiT-distilled ViT.
+
+The backbone is timm's own `VisionTransformerDistilled` (its blocks, fused attention and
+key names), held as `v`, with a 1-channel overlapping patch embedding and a position
+embedding sized to the f × t patch grid; `mlp_head` = LayerNorm + Linear on the mean of the
+class and distillation tokens. The module tree, and so the state-dict keys, are exactly
+those of the released AST checkpoints once their DataParallel `module.` prefix is removed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+from timm.layers import trunc_normal_
+from timm.models.deit import VisionTransformerDistilled
+
+from student import tome as tome_lib
+from student.errors import StudentError
+
+PATCH = 16  # AST's patch side, in mel bins and frames
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    """One DeiT-distilled backbone: width, heads and the ImageNet position grid side."""
+
+    embed_dim: int
+    num_heads: int
+    depth: int
+    imagenet_grid: int
+    timm_name: str
+
+
+MODEL_SIZES: dict[str, SizeSpec] = {
+    "tiny224": SizeSpec(192, 3, 12, 14, "deit_tiny_distilled_patch16_224"),
+    "small224": SizeSpec(384, 6, 12, 14, "deit_small_distilled_patch16_224"),
+    "base224": SizeSpec(768, 12, 12, 14, "deit_base_distilled_patch16_224"),
+    "base384": SizeSpec(768, 12, 12, 24, "deit_base_distilled_patch16_384"),
+}
+
+NUM_PREFIX_TOKENS = 2  # class + distillation
+IMAGENET_CLASSES = 1000  # the unused DeiT heads are kept so the released key layout loads strictly
+
+
+def patch_grid(input_fdim: int, input_tdim: int, fstride: int, tstride: int) -> tuple[int, int]:
+    """(f, t) patches of a 16×16 conv without padding over a (mel bins × frames) input."""
+    for name, value in (("fstride", fstride), ("tstride", tstride)):
+        if not 1 <= value <= PATCH:
+            raise StudentError(f"{name} must be between 1 and {PATCH}, got {value}")
+    if input_fdim < PATCH:
+        raise StudentError(f"input_fdim = {input_fdim} mel bins is smaller than one {PATCH}×{PATCH} patch")
+    if input_tdim < PATCH:
+        raise StudentError(f"input_tdim = {input_tdim} frames is smaller than one {PATCH}×{PATCH} patch")
+    return (input_fdim - PATCH) // fstride + 1, (input_tdim - PATCH) // tstride + 1
+
+
+class AudioPatchEmbed(nn.Module):
+    """Overlapping 16×16 patches of a (B, 1, F, T) fbank image → (B, f·t, D), frequency-major.
+
+    Replaces timm's PatchEmbed, which checks image sizes and cannot stride below the patch
+    size; the conv is still called `proj` so the checkpoint keys stay the same.
+    """
+
+    def __init__(self, embed_dim: int, fstride: int, tstride: int, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(1, embed_dim, kernel_size=PATCH, stride=(fstride, tstride))
+        self.grid_size = grid
+        self.num_patches = grid[0] * grid[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class ASTModel(nn.Module):
+    """AST: fbank (B, T, F) → logits (B, num_classes). Token merging is set by `student.tome.set_tome_r`."""
+
+    def __init__(
+        self,
+        size: str = "base384",
+        num_classes: int = 527,
+        input_fdim: int = 128,
+        input_tdim: int = 1024,
+        fstride: int = 10,
+        tstride: int = 10,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if size not in MODEL_SIZES:
+            raise StudentError(f"unknown AST size {size!r}; choose one of {', '.join(MODEL_SIZES)}")
+        if num_classes < 1:
+            raise StudentError(f"num_classes must be ≥ 1, got {num_classes}")
+        spec = MODEL_SIZES[size]
+        self.f_dim, self.t_dim = patch_grid(input_fdim, input_tdim, fstride, tstride)
+        self.size, self.num_classes = size, num_classes
+        self.input_fdim, self.input_tdim, self.fstride, self.tstride = input_fdim, input_tdim, fstride, tstride
+        self.embed_dim, self.depth, self.num_heads = spec.embed_dim, spec.depth, spec.num_heads
+        self.num_patches = self.f_dim * self.t_dim
+
+        self.v = VisionTransformerDistilled(
+            img_size=PATCH * spec.imagenet_grid, patch_size=PATCH, embed_dim=spec.embed_dim, depth=spec.depth,
+            num_heads=spec.num_heads, mlp_ratio=4.0, qkv_bias=True, num_classes=IMAGENET_CLASSES,
+            drop_path_rate=drop_path_rate,
+        )
+        self.v.patch_embed = AudioPatchEmbed(spec.embed_dim, fstride, tstride, (self.f_dim, self.t_dim))
+        self.v.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + NUM_PREFIX_TOKENS, spec.embed_dim))
+        trunc_normal_(self.v.pos_embed, std=0.02)
+        self.mlp_head = nn.Sequential(nn.LayerNorm(spec.embed_dim), nn.Linear(spec.embed_dim, num_classes))
+
+        # Token merging: one r per block; all zeros = the plain timm path. See student.tome.
+        self.tome_r: list[int] = [0] * spec.depth
+        self.tome_prop_attn = True
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + NUM_PREFIX_TOKENS
+
+    def config(self) -> dict[str, Any]:
+        """What is needed to rebuild this model (without weights)."""
+        return {"size": self.size, "num_classes": self.num_classes, "input_fdim": self.input_fdim,
+                "input_tdim": self.input_tdim, "fstride": self.fstride, "tstride": self.tstride}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.v.set_grad_checkpointing(enable)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 3 or x.shape[1] != self.input_tdim or x.shape[2] != self.input_fdim:
+            raise StudentError(
+                f"AST expects fbank input of shape (batch, {self.input_tdim} frames, {self.input_fdim} mel bins), "
+                f"got {tuple(x.shape)}"
+            )
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """fbank (B, T, F) → tokens (B, 2 + f·t, D): [cls, dist, patches] + position embedding."""
+        self._check_input(x)
+        x = self.v.patch_embed(x.unsqueeze(1).transpose(2, 3))
+        prefix = torch.cat((self.v.cls_token, self.v.dist_token), dim=1).expand(x.shape[0], -1, -1)
+        x = torch.cat((prefix, x), dim=1) + self.v.pos_embed
+        return self.v.pos_drop(x)
+
+    def forward_tokens(self, x: torch.Tensor, trace: bool = False) -> tuple[torch.Tensor, tome_lib.MergeState | None]:
+        """Run the blocks: the plain timm path when r is zero everywhere, else ToMe blocks."""
+        if not any(self.tome_r):
+            if self.v.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                from timm.models import checkpoint_seq
+
+                return checkpoint_seq(self.v.blocks, x), None
+            return self.v.blocks(x), None
+        state = tome_lib.MergeState.start(x, trace=trace)
+        for block, r in zip(self.v.blocks, self.tome_r):
+            x = tome_lib.tome_block(block, x, r, state, prop_attn=self.tome_prop_attn)
+        return x, state
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.v.norm(x)
+        return self.mlp_head((x[:, 0] + x[:, 1]) / 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens, _ = self.forward_tokens(self.embed(x))
+        return self.forward_head(tokens)
+
+    def forward_traced(self, x: torch.Tensor) -> tuple[torch.Tensor, tome_lib.MergeState | None]:
+        """Logits plus the merge state (sizes, which patch each final token holds, tokens per layer)."""
+        tokens, state = self.forward_tokens(self.embed(x), trace=True)
+        return self.forward_head(tokens), state
+
+
+def create_ast(
+    size: str = "base384",
+    num_classes: int = 527,
+    input_fdim: int = 128,
+    input_tdim: int = 1024,
+    fstride: int = 10,
+    tstride: int = 10,
+    imagenet_weights: str | Path | Mapping[str, torch.Tensor] | None = None,
+    ast_checkpoint: str | Path | Mapping[str, torch.Tensor] | None = None,
+    drop_path_rate: float = 0.0,
+) -> ASTModel:
+    """Build an AST and initialise it as AST does.
+
+    - `imagenet_weights`: a local timm/DeiT state-dict file (or dict) of the matching DeiT-distilled
+      model; the RGB patch kernel is summed to one channel, the position grid cut or interpolated.
+    - `ast_checkpoint`: a released AST file (or any AST state dict, `module.` prefix or not); loaded
+      strictly when label count and patch grid match, else the grid is adapted and, for another
+      label count, a fresh head is built (fine-tuning).
+    - neither: random initialisation (timm's ViT init, trunc-normal position embedding).
+    The ImageNet start is applied first, so both can be given (the checkpoint then overrides).
+    """
+    from student import weights
+
+    model = ASTModel(size, num_classes, input_fdim, input_tdim, fstride, tstride, drop_path_rate=drop_path_rate)
+    if imagenet_weights is not None:
+        weights.load_imagenet_weights(model, imagenet_weights)
+    if ast_checkpoint is not None:
+        weights.load_ast_checkpoint(model, ast_checkpoint)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(math.prod(p.shape) for p in model.parameters())

@@ -1,0 +1,162 @@
+"""Initialising an AST from ImageNet DeiT weights or from an AudioSet-trained AST, as AST does.
+
+Both read local files only (no hub access): a timm/DeiT state dict, or a released AST
+checkpoint (a DataParallel state dict: every key starts with `module.`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from student.ast import NUM_PREFIX_TOKENS, PATCH, ASTModel
+from student.errors import StudentError
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+def read_state_dict(source: str | Path | StateDict) -> dict[str, torch.Tensor]:
+    """A state dict from a .pth/.pt (torch, weights only) or .safetensors file, unwrapped and unprefixed.
+
+    Accepts `{"model": ...}` / `{"state_dict": ...}` wrappers and strips a `module.` prefix.
+    """
+    if isinstance(source, Mapping):
+        state = dict(source)
+        where = "the given state dict"
+    else:
+        path = Path(source)
+        where = str(path)
+        if not path.is_file():
+            raise StudentError(f"checkpoint not found: {path}")
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state = load_file(str(path))
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a corrupt or foreign file: say which one
+            raise StudentError(f"cannot read checkpoint {path}: {exc}") from exc
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
+            state = dict(state[wrapper])
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise StudentError(f"{where} is not a state dict of tensors")
+    if state and all(key.startswith("module.") for key in state):
+        state = {key[len("module."):]: value for key, value in state.items()}
+    return dict(state)
+
+
+def resize_pos_grid(grid: torch.Tensor, f_dim: int, t_dim: int) -> torch.Tensor:
+    """Fit a (1, D, F0, T0) position grid to (f_dim, t_dim) the way AST does.
+
+    Time first: keep the centre columns if the new grid is narrower, else interpolate bilinearly;
+    then the same for frequency rows.
+    """
+    _, _, f0, t0 = grid.shape
+    if t_dim <= t0:
+        start = t0 // 2 - t_dim // 2
+        grid = grid[:, :, :, start:start + t_dim]
+    else:
+        grid = F.interpolate(grid, size=(f0, t_dim), mode="bilinear")
+    if f_dim <= f0:
+        start = f0 // 2 - f_dim // 2
+        grid = grid[:, :, start:start + f_dim, :]
+    else:
+        grid = F.interpolate(grid, size=(f_dim, t_dim), mode="bilinear")
+    return grid
+
+
+def adapt_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
+    """(1, 2 + F0·T0, D) → (1, 2 + f·t, D); the class/distillation entries are kept as they are."""
+    dim = pos_embed.shape[-1]
+    prefix, patches = pos_embed[:, :NUM_PREFIX_TOKENS], pos_embed[:, NUM_PREFIX_TOKENS:]
+    grid = patches.transpose(1, 2).reshape(1, dim, *old_grid)
+    grid = resize_pos_grid(grid, *new_grid)
+    return torch.cat((prefix, grid.reshape(1, dim, -1).transpose(1, 2)), dim=1)
+
+
+def _check_shapes(model_state: StateDict, state: StateDict, where: str, skip: set[str]) -> None:
+    missing = sorted(set(model_state) - set(state) - skip)
+    unexpected = sorted(set(state) - set(model_state) - skip)
+    wrong = sorted(k for k in set(model_state) & set(state) - skip if model_state[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:6]}{' …' if len(missing) > 6 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:6]}{' …' if len(unexpected) > 6 else ''}")
+        if wrong:
+            parts.append("shape mismatch " + ", ".join(
+                f"{k}: file {tuple(state[k].shape)} vs model {tuple(model_state[k].shape)}" for k in wrong[:6]))
+        raise StudentError(f"{where} does not fit this AST: " + "; ".join(parts))
+
+
+def load_imagenet_weights(model: ASTModel, source: str | Path | StateDict) -> None:
+    """Start from a timm DeiT-distilled ImageNet model of the same size (a local state-dict file)."""
+    where = str(source) if not isinstance(source, Mapping) else "ImageNet state dict"
+    state = read_state_dict(source)
+    backbone = model.v.state_dict()
+    kernel = state.get("patch_embed.proj.weight")
+    pos = state.get("pos_embed")
+    if kernel is None or pos is None:
+        raise StudentError(f"{where} is not a timm DeiT state dict (no patch_embed.proj.weight / pos_embed)")
+    if kernel.ndim != 4 or kernel.shape[0] != model.embed_dim or kernel.shape[2:] != (PATCH, PATCH):
+        raise StudentError(f"{where}: patch kernel {tuple(kernel.shape)} does not fit {model.size} "
+                           f"(width {model.embed_dim}, {PATCH}×{PATCH} patches)")
+    side = round((pos.shape[1] - NUM_PREFIX_TOKENS) ** 0.5)
+    if side * side + NUM_PREFIX_TOKENS != pos.shape[1]:
+        raise StudentError(f"{where}: pos_embed of {pos.shape[1]} entries is not 2 + a square grid (not a distilled DeiT?)")
+    state["patch_embed.proj.weight"] = kernel.sum(dim=1, keepdim=True)  # RGB → one channel
+    state["pos_embed"] = adapt_pos_embed(pos, (side, side), (model.f_dim, model.t_dim))
+    # The 1000-class ImageNet heads are unused by AST; a file without them still initialises the backbone.
+    optional = {k for k in backbone if k.startswith(("head.", "head_dist.")) and k not in state}
+    _check_shapes(backbone, state, where, optional)
+    model.v.load_state_dict({**{k: backbone[k] for k in optional}, **state}, strict=True)
+
+
+def _checkpoint_grid(num_patches: int, model: ASTModel) -> tuple[int, int]:
+    """The (f, t) grid of a checkpoint's position embedding, assuming the same mel bins as the model.
+
+    The model's own frequency stride is tried first, then AST's released strides 10/12/14/16, then any.
+    """
+    for stride in dict.fromkeys([model.fstride, 10, 12, 14, 16, *range(1, PATCH + 1)]):
+        f_dim = (model.input_fdim - PATCH) // stride + 1
+        if num_patches % f_dim == 0:
+            return f_dim, num_patches // f_dim
+    raise StudentError(f"cannot infer the patch grid of a position embedding with {num_patches} patches")
+
+
+def load_ast_checkpoint(model: ASTModel, source: str | Path | StateDict) -> dict[str, list[str]]:
+    """Load an AST state dict (released layout: `v.*` backbone + `mlp_head.*`, `module.` prefix optional).
+
+    Same label count and patch grid: everything loads with strict=True. Another frame count or
+    stride: the position grid is cut/interpolated as AST does. Another label count: a fresh head
+    (`mlp_head`) is kept, as AST does for fine-tuning. Returns {"adapted": [...], "fresh": [...]}.
+    """
+    where = str(source) if not isinstance(source, Mapping) else "AST state dict"
+    state = read_state_dict(source)
+    if "v.pos_embed" not in state:
+        raise StudentError(f"{where} is not an AST checkpoint (no v.pos_embed key; keys start with "
+                           f"{sorted({k.split('.')[0] for k in state})[:5]})")
+    own = model.state_dict()
+    report: dict[str, list[str]] = {"adapted": [], "fresh": []}
+    pos = state["v.pos_embed"]
+    if pos.shape != own["v.pos_embed"].shape:
+        if pos.ndim != 3 or pos.shape[-1] != model.embed_dim:
+            raise StudentError(f"{where}: v.pos_embed {tuple(pos.shape)} does not fit {model.size} (width {model.embed_dim})")
+        old_grid = _checkpoint_grid(pos.shape[1] - NUM_PREFIX_TOKENS, model)
+        state["v.pos_embed"] = adapt_pos_embed(pos, old_grid, (model.f_dim, model.t_dim))
+        report["adapted"].append(f"v.pos_embed {old_grid[0]}×{old_grid[1]} → {model.f_dim}×{model.t_dim}")
+    head = state.get("mlp_head.1.weight")
+    if head is not None and head.shape[0] != model.num_classes:
+        for key in [k for k in state if k.startswith("mlp_head.")]:
+            del state[key]
+        report["fresh"] = [k for k in own if k.startswith("mlp_head.")]
+        state.update({k: own[k] for k in report["fresh"]})
+    _check_shapes(own, state, where, set())
+    model.load_state_dict(state, strict=True)
+    return report
