@@ -184,7 +184,7 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, protect_cls: bool = Tr
         targets = best_b[..., None].gather(1, sources)
         if protect_cls:
             unmerged = unmerged.sort(dim=1)[0]
-    return Matching(unmerged, sources, targets, keep_dist_second=protect_cls and protect_dist)
+    return Matching(unmerged, sources, targets, keep_dist_second=protect_dist)
 
 
 def merge_weighted(matching: Matching, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
