@@ -17,11 +17,19 @@ from pipeline.errors import FatError
 
 # Stage order = pipeline order; `fat --help` lists them in this order.
 COMMANDS: tuple[str, ...] = (
+    "metadata",
+    "download",
 )
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Show defaults and keep the descriptions' line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        # A help text that states its default in words ("default: all") is not given a second one.
+        if action.help and "default:" in action.help:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,13 +15,14 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from pipeline.atomic import write_bytes_atomic, write_text_atomic
 from pipeline.errors import FatError
 from pipeline.ids import YTID_PATTERN, is_valid_ytid
+
+if TYPE_CHECKING:  # pandas is imported where used, so that `fat --help` stays fast
+    import pandas as pd
 
 SPLITS: tuple[str, ...] = ("balanced_train", "eval", "unbalanced_train")
 RAW_FILENAMES: dict[str, str] = {split: f"{split}_segments.csv" for split in SPLITS}
@@ -106,6 +107,9 @@ def parse_segments_csv(
     A bad row raises a FatError naming file and line, unless `skip_invalid`, when it is
     returned in `skipped` instead (never dropped silently).
     """
+    import numpy as np
+    import pandas as pd
+
     path = Path(path)
     known = frozenset(known_mids) if known_mids is not None else None
     ytids: list[str] = []
@@ -242,6 +246,9 @@ def read_metadata_csv(path: str | Path) -> pd.DataFrame:
     positive_labels (str, comma-joined MIDs), in file order. Checks the header, the ids
     (valid and unique), and the windows; a FatError names the file and line of the first problem.
     """
+    import numpy as np
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise FatError(f"{path}: no such metadata file (run `fat metadata` first)")
@@ -294,6 +301,8 @@ def balanced_subset(frame: pd.DataFrame, size: int, seed: int = 0) -> pd.DataFra
     for all their classes, so frequent classes fill up by themselves; rare classes get every
     clip they have. The result keeps the input order and is deterministic for a given seed.
     """
+    import numpy as np
+
     if size < 0:
         raise FatError(f"--balanced-subset must be ≥ 0, got {size}")
     if size >= len(frame):
@@ -332,6 +341,9 @@ def balanced_subset(frame: pd.DataFrame, size: int, seed: int = 0) -> pd.DataFra
 
 def class_counts(frame: pd.DataFrame, mids: Sequence[str] | None = None) -> pd.Series:
     """Number of clips per MID (all MIDs of `mids` included, with 0 where absent)."""
+    import numpy as np
+    import pandas as pd
+
     counts: dict[str, int] = dict.fromkeys(mids, 0) if mids is not None else {}
     for labels in frame["positive_labels"]:
         for mid in labels.split(","):
@@ -347,3 +359,36 @@ def write_skip_report(path: str | Path, skipped: Sequence[SkippedRow]) -> None:
     for row in skipped:
         writer.writerow([row.file, row.line, row.ytid, row.reason, row.text])
     write_text_atomic(path, buffer.getvalue())
+
+
+# --------------------------------------------------------------------------- fetching the official files
+
+OFFICIAL_BASE_URL = "http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/"
+
+
+def fetch_raw_file(name: str, raw_dir: str | Path, base_url: str = OFFICIAL_BASE_URL, timeout: float = 60.0) -> Path:
+    """Download `base_url + name` into `raw_dir` atomically; a file already there is kept as is.
+
+    Returns the local path. Network problems become a FatError naming the URL and suggesting
+    `--source` (the way to run offline).
+    """
+    import shutil
+    import urllib.error
+    import urllib.request
+
+    from pipeline.atomic import atomic_path
+
+    target = Path(raw_dir) / name
+    if target.is_file() and target.stat().st_size > 0:
+        return target
+    url = base_url.rstrip("/") + "/" + name
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, atomic_path(target) as tmp:
+            with open(tmp, "wb") as handle:
+                shutil.copyfileobj(response, handle, length=1 << 20)
+    except urllib.error.HTTPError as exc:
+        raise FatError(f"{url}: HTTP {exc.code} {exc.reason} (use --source DIR with local copies)") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise FatError(f"{url}: cannot download ({reason}); offline? use --source DIR with local copies") from None
+    return target

@@ -1,0 +1,95 @@
+"""`fat metadata`: official AudioSet segment lists → one checked, normalised CSV per split."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pipeline.cli import add_command
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPLITS = ("balanced_train", "eval")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from pipeline.metadata import OFFICIAL_BASE_URL, SPLITS
+
+    parser = add_command(
+        subparsers, "metadata", "read the AudioSet segment CSVs and write data/metadata/<split>.csv",
+        description=(
+            "Read the official AudioSet files (<split>_segments.csv and class_labels_indices.csv),\n"
+            "check every row (id, window, labels) and write one normalised CSV per split:\n"
+            "  <out-dir>/<split>.csv  ytid,start_seconds,end_seconds,positive_labels\n"
+            "  <out-dir>/class_labels_indices.csv  (copied byte for byte)\n"
+            "Without --source the files are fetched from Google's bucket into --raw-dir (once)."
+        ),
+    )
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(DEFAULT_SPLITS),
+                        help="splits to write (unbalanced_train is 2 M rows: name it explicitly)")
+    parser.add_argument("--source", type=Path, default=None,
+                        help="folder holding local copies of the official CSVs (offline use); default: fetch them")
+    parser.add_argument("--raw-dir", type=Path, default=Path("data/metadata/raw"),
+                        help="where fetched official CSVs are kept (a file already there is not fetched again)")
+    parser.add_argument("--base-url", default=OFFICIAL_BASE_URL, help="where the official CSVs are fetched from")
+    parser.add_argument("--timeout", type=float, default=60.0, help="network timeout per request, seconds")
+    parser.add_argument("--out-dir", type=Path, default=Path("data/metadata"), help="folder for the normalised CSVs")
+    subset = parser.add_mutually_exclusive_group()
+    subset.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="keep only the first N clips of each split (default: all)")
+    subset.add_argument("--balanced-subset", type=int, default=None, metavar="N",
+                        help="keep N clips per split that cover every class as evenly as possible (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of --balanced-subset")
+    parser.add_argument("--skip-invalid", action="store_true",
+                        help="leave bad rows out and list them in <out-dir>/<split>.skipped.csv (default: stop at the first)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.errors import FatError
+    from pipeline.metadata import (
+        LABEL_FILENAME, RAW_FILENAMES, balanced_subset, class_counts, copy_label_csv, fetch_raw_file,
+        parse_label_csv, parse_segments_csv, write_metadata_csv, write_skip_report,
+    )
+
+    for name, value in (("--limit", args.limit), ("--balanced-subset", args.balanced_subset)):
+        if value is not None and value < 1:
+            raise FatError(f"{name} must be ≥ 1, got {value}")
+    splits = list(dict.fromkeys(args.splits))
+
+    def locate(name: str) -> Path:
+        if args.source is not None:
+            path = args.source / name
+            if not path.is_file():
+                raise FatError(f"{path}: not found (--source must hold the official {name})")
+            return path
+        log.info("fetching %s (kept in %s)", name, args.raw_dir)
+        return fetch_raw_file(name, args.raw_dir, args.base_url, args.timeout)
+
+    label_source = locate(LABEL_FILENAME)
+    labels = parse_label_csv(label_source)
+    # Parse and check every split before writing anything: a bad file leaves the outputs untouched.
+    results = {}
+    for split in splits:
+        frame, skipped = parse_segments_csv(locate(RAW_FILENAMES[split]), labels.mids, skip_invalid=args.skip_invalid)
+        total = len(frame)
+        if args.balanced_subset is not None:
+            frame = balanced_subset(frame, args.balanced_subset, args.seed)
+        elif args.limit is not None:
+            frame = frame.head(args.limit).reset_index(drop=True)
+        results[split] = (frame, skipped, total)
+
+    copy_label_csv(label_source, args.out_dir / LABEL_FILENAME)
+    for split, (frame, skipped, total) in results.items():
+        out = args.out_dir / f"{split}.csv"
+        write_metadata_csv(out, frame)
+        covered = int((class_counts(frame, labels.mids) > 0).sum())
+        log.info("%s: %d clips of %d valid, %d/%d classes present → %s", split, len(frame), total, covered, len(labels), out)
+        if args.skip_invalid:
+            report = args.out_dir / f"{split}.skipped.csv"
+            write_skip_report(report, skipped)
+            if skipped:
+                log.warning("%s: skipped %d invalid row(s), listed in %s (first: line %d: %s)",
+                            split, len(skipped), report, skipped[0].line, skipped[0].reason)
+    return 0

@@ -1,0 +1,341 @@
+"""Fetch one clip: yt-dlp resolves the media, ffmpeg reads the window and writes mono PCM WAV.
+
+Runs inside a pool worker process (see `pool`), which the runner kills when the clip overruns
+its time limit, so nothing here needs to be interruptible by itself.
+
+Two paths:
+- section: the selected format is plain http(s). ffmpeg opens its URL with yt-dlp's headers and
+  cookies, seeks to `start` (range requests) and decodes exactly `end - start` seconds straight
+  to WAV. yt-dlp's own `download_ranges` would stream-copy the section (cuts on packet
+  boundaries, a second decode pass) and ignores `socket_timeout` while ffmpeg reads.
+- whole file: anything else (file:// URLs, which yt-dlp cannot section; fragmented
+  protocols). yt-dlp downloads the whole file into the clip's temp folder, ffmpeg cuts it.
+Either way the WAV is decoded and its length checked against the window before it is renamed
+to `<ytid>.wav`; a short result is accepted only when the source itself ends early.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import secrets
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.atomic import TEMP_MARKER
+from pipeline.download.failures import (
+    FAILED, OK, UNAVAILABLE, classify, find_http_error, http_status_in, parse_retry_after,
+)
+from pipeline.ffmpeg import ffmpeg_binary
+from pipeline.ids import check_ytid, subprocess_path
+
+SECTION_PROTOCOLS = frozenset({"http", "https"})
+
+
+@dataclass(frozen=True)
+class ClipTask:
+    ytid: str
+    start: float
+    end: float
+    url: str
+    out_dir: str
+    sample_rate: int
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    """Settings shared by every clip of a run (picklable: sent once to each worker)."""
+
+    socket_timeout: float = 20.0
+    http_retries: int = 2
+    length_tolerance: float = 0.02
+    sections: bool = True
+    audio_format: str = "bestaudio/best"
+    cookies: str | None = None
+    proxy: str | None = None
+    js_runtimes: tuple[str, ...] = ()
+    remote_components: tuple[str, ...] = ()
+
+
+@dataclass
+class ClipResult:
+    ytid: str
+    status: str
+    reason: str
+    message: str = ""
+    retry_after: float | None = None
+    audio_seconds: float = 0.0
+    wav_bytes: int = 0
+    download_bytes: int = 0
+    elapsed: float = 0.0
+    cpu_self: float = 0.0
+    cpu_children: float = 0.0
+    mode: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class ClipFailure(Exception):
+    """A classified failure of one clip (status, reason, raw message)."""
+
+    def __init__(self, status: str, reason: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message, self.retry_after = status, reason, message, retry_after
+
+
+def temp_dir_prefix(ytid: str) -> str:
+    """Name prefix of a clip's work folder; contains TEMP_MARKER so leftovers are recognised."""
+    return f".{ytid}{TEMP_MARKER}"
+
+
+def fetch_clip(task: ClipTask, options: FetchOptions) -> ClipResult:
+    """Download, convert and verify one clip; never raises for a clip-level failure."""
+    started = time.monotonic()
+    self_before, children_before = _cpu_times()
+    work_dir = Path(task.out_dir) / f"{temp_dir_prefix(task.ytid)}{os.getpid()}-{secrets.token_hex(3)}"
+    try:
+        check_ytid(task.ytid, "clip")
+        work_dir.mkdir(parents=True)
+        result = _fetch(task, options, work_dir)
+    except ClipFailure as failure:
+        result = ClipResult(task.ytid, failure.status, failure.reason, failure.message, retry_after=failure.retry_after)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    self_after, children_after = _cpu_times()
+    result.elapsed = time.monotonic() - started
+    result.cpu_self = self_after - self_before
+    result.cpu_children = children_after - children_before
+    return result
+
+
+def _cpu_times() -> tuple[float, float]:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def _fetch(task: ClipTask, options: FetchOptions, work_dir: Path) -> ClipResult:
+    import yt_dlp
+
+    messages = _MessageLog()
+    params = _ydl_params(task, options, work_dir, messages)
+    try:
+        with yt_dlp.YoutubeDL(params) as ydl:
+            info = ydl.extract_info(task.url, download=False)
+            if info is None:
+                raise ClipFailure(FAILED, "error", messages.text() or "yt-dlp returned no information")
+            fmt = _selected_format(info)
+            duration = info.get("duration") if isinstance(info.get("duration"), (int, float)) else None
+            if options.sections and str(fmt.get("protocol") or "") in SECTION_PROTOCOLS:
+                try:
+                    return _finish(task, options, work_dir, "section", fmt["url"],
+                                   _http_input_options(ydl, fmt, info, options), duration, 0)
+                except ClipFailure as failure:
+                    if failure.reason != "not-media":
+                        raise
+                    # ffmpeg could not open the stream: let yt-dlp fetch the whole file and look at it.
+            info = ydl.process_ie_result(info, download=True)
+            source = _downloaded_file(info, work_dir)
+    except yt_dlp.utils.DownloadError as exc:
+        raise _failure_from_ytdlp(exc, messages) from None
+    size = Path(source).stat().st_size
+    if size == 0:
+        raise ClipFailure(FAILED, "empty", f"the server sent zero bytes for {task.url}")
+    return _finish(task, options, work_dir, "whole", source, {}, duration, size)
+
+
+def _finish(task: ClipTask, options: FetchOptions, work_dir: Path, mode: str, source: str,
+            input_options: dict, duration: float | None, download_bytes: int) -> ClipResult:
+    """Cut and convert `source`, verify the WAV, and rename it to its final name."""
+    wav = work_dir / "audio.wav"
+    source_duration = _ffmpeg_window_to_wav(source, input_options, task, wav)
+    duration = source_duration if source_duration is not None else duration
+    audio_seconds = _verify_wav(wav, task, duration, options.length_tolerance)
+    final = Path(task.out_dir) / f"{task.ytid}.wav"
+    with open(wav, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(wav, final)
+    return ClipResult(task.ytid, OK, mode, "", audio_seconds=audio_seconds, wav_bytes=final.stat().st_size,
+                      download_bytes=download_bytes, mode=mode)
+
+
+class _MessageLog:
+    """A yt-dlp logger that keeps warnings and errors (they are the raw failure message)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def debug(self, msg: str) -> None:
+        pass
+
+    def info(self, msg: str) -> None:
+        pass
+
+    def warning(self, msg: str) -> None:
+        self.lines.append(msg)
+
+    def error(self, msg: str) -> None:
+        self.lines.append(msg)
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _ydl_params(task: ClipTask, options: FetchOptions, work_dir: Path, log: _MessageLog) -> dict:
+    params: dict = {
+        "quiet": True,
+        "no_warnings": False,
+        "noprogress": True,
+        "logger": log,
+        "format": options.audio_format,
+        "outtmpl": {"default": str(work_dir.absolute() / "source.%(ext)s")},
+        "paths": {"home": str(work_dir.absolute()), "temp": str(work_dir.absolute())},
+        "socket_timeout": options.socket_timeout,
+        "retries": options.http_retries,
+        "fragment_retries": options.http_retries,
+        "noplaylist": True,
+        "overwrites": True,
+        "updatetime": False,
+        "color": {"stderr": "no_color", "stdout": "no_color"},
+    }
+    if task.url.startswith("file:"):
+        params["enable_file_urls"] = True  # yt-dlp refuses file:// unless told (security default)
+    if options.cookies:
+        params["cookiefile"] = options.cookies
+    if options.proxy:
+        params["proxy"] = options.proxy
+    if options.js_runtimes:
+        params["js_runtimes"] = {name: {} for name in options.js_runtimes}
+    if options.remote_components:
+        params["remote_components"] = list(options.remote_components)
+    return params
+
+
+def _selected_format(info: dict) -> dict:
+    """The format yt-dlp chose; with a merge of streams, the audio one."""
+    requested = info.get("requested_formats")
+    if requested:
+        audio = [fmt for fmt in requested if fmt.get("acodec") not in (None, "none")]
+        return (audio or requested)[0]
+    return info
+
+
+def _http_input_options(ydl, fmt: dict, info: dict, options: FetchOptions) -> dict:
+    """ffmpeg input options carrying what yt-dlp would send: headers, cookies, proxy, timeout."""
+    input_options: dict = {"rw_timeout": str(int(options.socket_timeout * 1_000_000)), "reconnect": "0"}
+    headers = fmt.get("http_headers") or info.get("http_headers") or {}
+    if headers:
+        input_options["headers"] = "".join(f"{key}: {value}\r\n" for key, value in headers.items())
+    cookies = ydl.cookiejar.get_cookies_for_url(fmt["url"])
+    if cookies:
+        input_options["cookies"] = "".join(
+            f"{cookie.name}={cookie.value}; path={cookie.path}; domain={cookie.domain};\r\n" for cookie in cookies
+        )
+    if options.proxy:
+        input_options["http_proxy"] = options.proxy
+    return input_options
+
+
+def _downloaded_file(info: dict, work_dir: Path) -> str:
+    for download in info.get("requested_downloads") or ():
+        path = download.get("filepath")
+        if path and Path(path).is_file():
+            return subprocess_path(path)
+    candidates = [p for p in work_dir.glob("source.*") if p.is_file() and not p.name.endswith(".part")]
+    if not candidates:
+        raise ClipFailure(FAILED, "empty", "yt-dlp reported success but wrote no file")
+    return subprocess_path(candidates[0])
+
+
+def _failure_from_ytdlp(exc: Exception, messages: _MessageLog) -> ClipFailure:
+    message = str(exc).strip() or messages.text()
+    status_code, retry_after = find_http_error(exc)
+    if status_code is None:
+        status_code = http_status_in(message)
+    status, reason = classify(message, status_code)
+    return ClipFailure(status, reason, message, parse_retry_after(retry_after))
+
+
+_DURATION = re.compile(r"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
+
+
+SEEK_MARGIN = 1.0  # seconds decoded before the window so that codec priming (AAC, Opus) settles
+
+
+def _ffmpeg_window_to_wav(source: str, input_options: dict, task: ClipTask, wav: Path) -> float | None:
+    """Decode [start, end) of `source` to mono PCM-16 WAV; return the source's duration if ffmpeg knew it.
+
+    A fast input seek to 1 s before the window, then a sample-exact `atrim`: seeking straight to
+    `start` drops up to one codec frame (about 21 ms of AAC) at the cut.
+    """
+    import ffmpeg as ffmpeg_python
+
+    seek = max(0.0, task.start - SEEK_MARGIN)
+    if seek > 0:
+        input_options = {**input_options, "ss": f"{seek:.3f}"}
+    audio = (
+        ffmpeg_python.input(source, **input_options)["a:0"]
+        .filter("atrim", start=f"{task.start - seek:.6f}", duration=f"{task.end - task.start:.6f}")
+        .filter("asetpts", "PTS-STARTPTS")
+    )
+    command = (
+        audio.output(subprocess_path(wav), ac=1, ar=task.sample_rate, acodec="pcm_s16le", f="wav", map_metadata=-1)
+        .global_args("-nostdin", "-hide_banner", "-nostats")
+        .compile(cmd=ffmpeg_binary(), overwrite_output=True)
+    )
+    process = subprocess.run(command, capture_output=True, text=True, errors="replace", check=False)
+    duration = _source_duration(process.stderr)
+    if process.returncode != 0 or not wav.is_file():
+        message = _ffmpeg_error(process.stderr)
+        status, reason = classify(message, http_status_in(message))
+        if reason == "error":
+            reason = "ffmpeg"
+        opened = "Error opening input" not in message
+        raise ClipFailure(status, reason if opened or reason != "ffmpeg" else "not-media",
+                          f"ffmpeg exit {process.returncode}: {message}")
+    return duration
+
+
+def _source_duration(stderr: str) -> float | None:
+    match = _DURATION.search(stderr)
+    if not match:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def _ffmpeg_error(stderr: str) -> str:
+    """The lines of ffmpeg's output that say what went wrong (not its banner)."""
+    noise = ("Input #", "Output #", "Stream #", "Duration:", "Metadata:", "Stream mapping:", "Press [q]", "encoder", "handler_name", "  ")
+    lines = [line.strip() for line in stderr.splitlines() if line.strip() and not line.startswith(noise)]
+    return " | ".join(lines[-4:]) if lines else "no output"
+
+
+def _verify_wav(wav: Path, task: ClipTask, duration: float | None, tolerance: float) -> float:
+    """Decode the written WAV and check format and length; return its length in seconds."""
+    import soundfile as sf
+
+    try:
+        audio, rate = sf.read(str(wav), dtype="int16", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise ClipFailure(FAILED, "ffmpeg", f"the written WAV does not decode: {exc}") from None
+    if rate != task.sample_rate or audio.shape[1] != 1:
+        raise ClipFailure(FAILED, "ffmpeg", f"the written WAV is {rate} Hz with {audio.shape[1]} channels")
+    length = audio.shape[0] / rate
+    window = task.end - task.start
+    if duration is not None and task.start >= duration - tolerance:
+        raise ClipFailure(UNAVAILABLE, "window-outside-video",
+                          f"the window starts at {task.start:g} s but the video lasts {duration:.3f} s")
+    expected = window if duration is None else min(task.end, duration) - task.start
+    if length == 0:
+        known = "duration unknown" if duration is None else f"lasts {duration:.3f} s"
+        raise ClipFailure(FAILED, "truncated", f"no audio in the window {task.start:g}–{task.end:g} s (source {known})")
+    if length < expected - tolerance:
+        known = "duration unknown" if duration is None else f"the source claims {duration:.3f} s"
+        raise ClipFailure(FAILED, "truncated", f"got {length:.3f} s of audio, expected {expected:.3f} s ({known})")
+    if length > window + tolerance:
+        raise ClipFailure(FAILED, "ffmpeg", f"got {length:.3f} s of audio for a {window:.3f} s window")
+    return length

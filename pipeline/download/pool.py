@@ -1,0 +1,222 @@
+"""A process pool whose workers can be killed mid-clip, with everything they started.
+
+yt-dlp and ffmpeg can hang in ways their own timeouts do not catch (a server that trickles a
+byte now and then, a section read that ignores socket_timeout). So each clip runs in a worker
+process that leads its own process group; when a clip overruns its limit, the runner kills
+the whole group (worker + ffmpeg) with SIGKILL and starts a fresh worker.
+
+A worker also kills its group when its parent disappears (the runner was SIGKILLed), and holds
+a shared lock on `lock_path` while alive, so the next run can wait until no orphan is left
+writing into the output folder before it cleans up temporary files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+from pipeline.download.clip import ClipResult, ClipTask, FetchOptions
+
+_READY = "ready"
+
+
+@dataclass
+class Worker:
+    process: multiprocessing.process.BaseProcess
+    conn: Connection
+    ready: bool = False
+    task: ClipTask | None = None
+    deadline: float = float("inf")
+    started: float = 0.0
+
+
+@dataclass(frozen=True)
+class Event:
+    """What happened to a dispatched clip: `done` (with result), `timeout` or `crashed`."""
+
+    kind: str
+    task: ClipTask
+    result: ClipResult | None = None
+    detail: str = ""
+    elapsed: float = 0.0
+
+
+class KillablePool:
+    def __init__(self, size: int, options: FetchOptions, lock_path: Path, clip_timeout: float) -> None:
+        self._context = multiprocessing.get_context("spawn")
+        self._options = options
+        self._lock_path = lock_path
+        self._clip_timeout = clip_timeout
+        self._workers: list[Worker] = [self._spawn() for _ in range(size)]
+
+    def _spawn(self) -> Worker:
+        parent_conn, child_conn = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=_worker_main, args=(child_conn, self._options, os.getpid(), str(self._lock_path)),
+            name="fat-download-worker", daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        return Worker(process, parent_conn)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def idle(self) -> list[Worker]:
+        return [worker for worker in self._workers if worker.ready and worker.task is None]
+
+    def busy(self) -> list[Worker]:
+        return [worker for worker in self._workers if worker.task is not None]
+
+    def submit(self, worker: Worker, task: ClipTask) -> None:
+        worker.task = task
+        worker.started = time.monotonic()
+        worker.deadline = worker.started + self._clip_timeout
+        worker.conn.send(task)
+
+    def next_deadline(self) -> float:
+        return min((worker.deadline for worker in self.busy()), default=float("inf"))
+
+    def poll(self, timeout: float) -> list[Event]:
+        """Wait up to `timeout` s for results; kill workers past their deadline."""
+        conns = [worker.conn for worker in self._workers if worker.process.is_alive() or worker.task is not None]
+        ready = set(wait(conns, timeout=max(0.0, timeout))) if conns else set()
+        if not conns:
+            time.sleep(max(0.0, timeout))
+        events: list[Event] = []
+        for index, worker in enumerate(self._workers):
+            if worker.conn in ready:
+                try:
+                    message = worker.conn.recv()
+                except (EOFError, OSError):
+                    events.extend(self._replace(index, "crashed", f"worker exited with code {worker.process.exitcode}"))
+                    continue
+                if message == _READY:
+                    worker.ready = True
+                elif worker.task is not None:
+                    task, worker.task, worker.deadline = worker.task, None, float("inf")
+                    events.append(Event("done", task, message, elapsed=time.monotonic() - worker.started))
+            elif worker.task is not None and time.monotonic() >= worker.deadline:
+                events.extend(self._replace(index, "timeout", f"no result after {self._clip_timeout:g} s: killed"))
+            elif worker.task is None and not worker.process.is_alive():
+                self._replace(index, "crashed", "")
+        return events
+
+    def _replace(self, index: int, kind: str, detail: str) -> list[Event]:
+        worker = self._workers[index]
+        _kill_group(worker.process)
+        worker.conn.close()
+        self._workers[index] = self._spawn()
+        if worker.task is None:
+            return []
+        return [Event(kind, worker.task, detail=detail, elapsed=time.monotonic() - worker.started)]
+
+    # ------------------------------------------------------------------ shutdown
+
+    def kill_busy(self) -> list[ClipTask]:
+        """Kill every worker that is working on a clip (Ctrl-C); return their tasks."""
+        tasks = []
+        for worker in self.busy():
+            _kill_group(worker.process)
+            tasks.append(worker.task)
+            worker.task = None
+        return tasks
+
+    def close(self) -> None:
+        for worker in self._workers:
+            if worker.task is None and worker.process.is_alive():
+                with contextlib.suppress(OSError, BrokenPipeError):
+                    worker.conn.send(None)
+        deadline = time.monotonic() + 2.0
+        for worker in self._workers:
+            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                _kill_group(worker.process)
+            worker.conn.close()
+        self._workers = []
+
+
+def _kill_group(process: multiprocessing.process.BaseProcess) -> None:
+    """SIGKILL the worker's process group (it and any ffmpeg it started) and reap it."""
+    if process.pid is None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+    process.join(timeout=5.0)
+
+
+def wait_for_orphans(lock_path: Path, timeout: float) -> bool:
+    """Wait until no worker of an earlier run holds `lock_path`; True when none does."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
+                continue
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return True
+
+
+# ---------------------------------------------------------------------- inside the worker
+
+
+def _worker_main(conn: Connection, options: FetchOptions, parent_pid: int, lock_path: str) -> None:
+    os.setsid()  # lead a process group: the runner kills it whole, and a terminal's Ctrl-C goes to the runner only
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    lock = open(lock_path, "a+")  # noqa: SIM115 - held for the life of the process
+    fcntl.flock(lock.fileno(), fcntl.LOCK_SH)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+    from pipeline.download.clip import fetch_clip
+    from pipeline.ffmpeg import ensure_ffmpeg_on_path
+
+    ensure_ffmpeg_on_path()
+    _warm_up()
+    conn.send(_READY)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        conn.send(fetch_clip(task, options))
+
+
+def _warm_up() -> None:
+    """Import yt-dlp and compile its extractor patterns once, outside any clip's time limit.
+
+    The first `extract_info` of a process costs about a second of CPU (module imports, ~1800
+    URL patterns); without this the first clip of every worker could overrun a tight limit.
+    """
+    import yt_dlp
+
+    from pipeline.download.clip import _MessageLog
+
+    params = {"quiet": True, "logger": _MessageLog(), "enable_file_urls": True, "noprogress": True}
+    with contextlib.suppress(Exception), yt_dlp.YoutubeDL(params) as ydl:
+        ydl.extract_info("file:///nonexistent/fat-warm-up.webm", download=False)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Kill this worker's whole group as soon as the runner is gone (it was SIGKILLed)."""
+    while True:
+        time.sleep(0.1)
+        if os.getppid() != parent_pid:
+            os.killpg(0, signal.SIGKILL)
