@@ -13,12 +13,15 @@ import logging
 import sys
 
 from pipeline import __version__
+from pipeline.dvcargs import normalise_argv
 from pipeline.errors import FatError
 
 # Stage order = pipeline order; `fat --help` lists them in this order.
 COMMANDS: tuple[str, ...] = (
     "metadata",
     "download",
+    "evaluate",
+    "demo",
 )
 
 
@@ -53,7 +56,8 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, summary: str,
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # dvc.yaml passes params.yaml sections as `--snake_case value`: map them onto the options.
+    args = parser.parse_args(normalise_argv(parser, sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",
