@@ -20,6 +20,7 @@ from pipeline.errors import FatError
 COMMANDS: tuple[str, ...] = (
     "metadata",
     "download",
+    "train",
     "evaluate",
     "demo",
 )

@@ -1,0 +1,397 @@
+"""The training run: data, model, optimiser, epochs, validation, weight averaging, resume, SIGTERM.
+
+One `Trainer` per process (torchrun starts one per device). Rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pipeline.errors import FatError
+from pipeline.training import distributed
+from pipeline.training.averaging import WeightAverager
+from pipeline.training.config import RESUME_INVARIANT, TrainConfig
+from pipeline.training.logs import RunLog
+from pipeline.training.precision import choose_precision
+from pipeline.training.schedule import LRSchedule
+from pipeline.training.state import STATE_NAME, check_compatible, load_state, rng_state, save_state, set_rng_state
+from pipeline.training.validation import validate, validation_loader
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "student.pt"
+RESULT_NAME = "result.json"
+INTERRUPTED_EXIT = 143  # 128 + SIGTERM: the job did not finish, its state is saved
+
+
+@dataclass
+class RunResult:
+    status: str  # "finished" or "interrupted"
+    epochs_done: int
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    model_path: Path | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def worker_init(_worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM to the main process (which saves and stops them) and use one thread."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+def train(config: TrainConfig) -> RunResult:
+    """Run (or resume) one training; see `fat train --help` for the settings."""
+    config.check()
+    context = distributed.start(config.device)
+    try:
+        return Trainer(config, context).run()
+    finally:
+        distributed.stop(context)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, context: distributed.Context) -> None:
+        self.config = config
+        self.context = context
+        self.stop_requested = False
+
+    # ================================================================== setup
+    def prepare_output(self) -> dict[str, Any] | None:
+        out = self.config.out
+        state = load_state(out)
+        if state is not None and not self.config.resume:
+            raise FatError(f"{out / STATE_NAME}: a training run already lives in {out}; pass --resume to continue "
+                           "it, or choose another --out")
+        if state is None and (out / MODEL_NAME).exists() and not self.config.resume:
+            raise FatError(f"{out / MODEL_NAME} exists: choose another --out (nothing is overwritten)")
+        if state is None and self.config.resume:
+            log.info("%s: no training state to resume; starting from the beginning", out)
+        if state is not None:
+            check_compatible(out / STATE_NAME, state["config"], self.config.to_dict(), RESUME_INVARIANT)
+        if self.context.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        return state
+
+    def build_data(self) -> None:
+        from pipeline.datafile import load_label_csv
+        from pipeline.dataset import Augment, ClipDataset, Features, load_clip_list, load_teacher_table
+        from pipeline.sampling import EpochSampler, balanced_weights
+
+        cfg = self.config
+        self.label_set = load_label_csv(cfg.labels)
+        self.train_clips = load_clip_list(cfg.train, self.label_set)
+        self.valid_clips = load_clip_list(cfg.valid, self.label_set)
+        for clips in (self.train_clips, self.valid_clips):
+            missing = [clips.paths[i] for i in range(len(clips)) if not Path(clips.paths[i]).is_file()]
+            if missing:
+                raise FatError(f"{clips.source}: {len(missing)} audio file(s) missing, e.g. {missing[0]}")
+            if not cfg.multi_label:
+                clips.check_single_label()
+        teacher = None
+        if cfg.uses_teacher:
+            teacher = load_teacher_table(cfg.teacher, self.train_clips, self.label_set, cfg.missing_teacher)
+            log.info("teacher logits for %.1f %% of the training clips", 100 * teacher.coverage)
+        features = Features(cfg.target_frames, cfg.num_mel_bins, cfg.norm_mean, cfg.norm_std)
+        augment = Augment(cfg.mixup, cfg.freqm, cfg.timem, cfg.noise, cfg.time_shift)
+        self.train_set = ClipDataset(self.train_clips, features, augment, teacher)
+        self.valid_set = ClipDataset(self.valid_clips, features)
+        weights = None
+        if cfg.balanced:
+            weights = balanced_weights(self.train_clips.class_indices, self.train_clips.offsets,
+                                       self.train_clips.num_classes)
+        self.sampler = EpochSampler(len(self.train_clips), weights=weights, epoch_size=cfg.epoch_size or None,
+                                    seed=cfg.seed, rank=self.context.rank, world_size=self.context.world_size)
+        cuda = self.context.device.type == "cuda"
+        self.train_loader = DataLoader(
+            self.train_set, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.num_workers,
+            pin_memory=cuda, worker_init_fn=worker_init, persistent_workers=cfg.num_workers > 0,
+        )
+        self.valid_loader = validation_loader(self.valid_set, self.context, cfg.eval_batch_size or 2 * cfg.batch_size,
+                                              cfg.num_workers, worker_init)
+
+    def build_model(self) -> None:
+        from student import create_ast
+        from student.errors import StudentError
+        from student.tome import parse_r_spec, set_tome_r
+
+        cfg = self.config
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
+        try:
+            model = create_ast(cfg.model_size, self.label_set_size, input_fdim=cfg.num_mel_bins,
+                               input_tdim=cfg.target_frames, fstride=cfg.fstride, tstride=cfg.tstride,
+                               imagenet_weights=cfg.imagenet_weights, ast_checkpoint=cfg.ast_checkpoint,
+                               drop_path_rate=cfg.drop_path)
+            self.tome_r_layers = set_tome_r(model, parse_r_spec(cfg.tome_r))
+        except StudentError as exc:
+            raise FatError(f"student model: {exc}") from None
+        # The ImageNet heads are kept only so released checkpoints load strictly; they get no gradient.
+        for name, parameter in model.named_parameters():
+            if name.startswith(("v.head.", "v.head_dist.")):
+                parameter.requires_grad_(False)
+        if cfg.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        self.model = model.to(self.context.device)
+        self.ddp = self.model
+        if self.context.distributed:
+            device_ids = [self.context.device.index] if self.context.device.type == "cuda" else None
+            self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(trainable, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                          weight_decay=cfg.weight_decay)
+        self.schedule = LRSchedule(cfg.lr, cfg.warmup_steps, cfg.lr_decay_start, cfg.lr_decay_step,
+                                   cfg.lr_decay_factor)
+        self.precision = choose_precision(cfg.amp, self.context.device)
+        self.scaler = self.precision.scaler()
+        self.averager = WeightAverager(cfg.wa_start, cfg.wa_end) if cfg.wa else None
+        # Each rank its own stream for dropout / drop-path.
+        torch.manual_seed(cfg.seed * 1000 + 1 + self.context.rank)
+
+    @property
+    def label_set_size(self) -> int:
+        return self.train_clips.num_classes
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        if self.averager is not None and state.get("averager"):
+            self.averager.load_state_dict(state["averager"])
+        rngs = state["rng"]
+        if len(rngs) == self.context.world_size:
+            set_rng_state(rngs[self.context.rank], self.context.device)
+        self.epoch = int(state["epoch"])
+        self.batches_done = int(state["batches_done"])
+        self.epoch_sums = [float(v) for v in state["epoch_sums"][self.context.rank]]
+        self.history = list(state["history"])
+        self.step_rows = list(state["step_rows"])
+        self.finished = bool(state.get("finished", False))
+        self.final_metrics = dict(state.get("final_metrics", {}))
+
+    # ================================================================== run
+    def run(self) -> RunResult:
+        cfg = self.config
+        state = self.prepare_output()
+        self.build_data()
+        self.build_model()
+        self.epoch, self.batches_done, self.epoch_sums = 1, 0, [0.0] * 5
+        self.history: list[dict[str, Any]] = []
+        self.step_rows: list[dict[str, Any]] = []
+        self.finished, self.final_metrics = False, {}
+        if state is not None:
+            self.restore(state)
+            log.info("resuming %s at epoch %d, batch %d", cfg.out, self.epoch, self.batches_done)
+        self.runlog = RunLog(cfg.out, self.context.is_main, cfg.dvclive, cfg.progress)
+        self.runlog.open(self.history, self.step_rows)
+        if self.finished:
+            log.info("%s: this run already finished", cfg.out)
+            self.runlog.close()
+            return RunResult("finished", len(self.history), self.final_metrics, cfg.out / MODEL_NAME, self.history)
+        if self.context.is_main:
+            log.info("training %s (r=%s) on %s, %s, %d process(es); %d training / %d validation clips",
+                     cfg.model_size, cfg.tome_r, self.context.device, self.precision.name,
+                     self.context.world_size, len(self.train_clips), len(self.valid_clips))
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            while self.epoch <= cfg.epochs:
+                if not self.train_epoch():
+                    self.save(finished=False)
+                    log.warning("SIGTERM: state saved at epoch %d, batch %d in %s; continue with --resume",
+                                self.epoch, self.batches_done, cfg.out / STATE_NAME)
+                    return RunResult("interrupted", len(self.history), {}, None, self.history)
+                self.end_epoch()
+            self.finish()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.runlog.close()
+        return RunResult("finished", len(self.history), self.final_metrics, cfg.out / MODEL_NAME, self.history)
+
+    def _on_sigterm(self, _signum: int, _frame: Any) -> None:
+        self.stop_requested = True
+
+    def train_epoch(self) -> bool:
+        """Train the rest of the current epoch; False when stopped by SIGTERM (at a step boundary)."""
+        cfg = self.config
+        self.schedule.epoch = self.epoch
+        self.sampler.set_epoch(self.epoch, skip=self.batches_done * cfg.batch_size)
+        total_batches = math.ceil(self.sampler.per_rank / cfg.batch_size)
+        self.runlog.start_epoch(self.epoch, cfg.epochs, total_batches, self.batches_done)
+        device = self.context.device
+        self.ddp.train()
+        sums = torch.tensor(self.epoch_sums, dtype=torch.float64, device=device)
+        step_terms = torch.zeros(4, dtype=torch.float64, device=device)
+        micro_batches = 0
+        started = time.perf_counter()
+        window_start, window_clips = started, 0
+        self.session_clips = 0  # clips of this epoch trained by this process since it (re)started
+        for batch in self.train_loader:
+            boundary = (self.batches_done + 1) % cfg.accum_steps == 0 or self.batches_done + 1 == total_batches
+            sync = boundary or not self.context.distributed
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                total, terms = self.forward_loss(batch, device)
+                self.scaler.scale(total / cfg.accum_steps).backward()
+            clips = batch["fbank"].shape[0]
+            values = torch.stack([total.detach().double(), terms["label"].double(), terms["kd"].double(),
+                                  terms["teacher_coverage"].double()])
+            sums += torch.cat([values * clips, torch.tensor([clips], dtype=torch.float64, device=device)])
+            step_terms += values
+            micro_batches += 1
+            self.batches_done += 1
+            window_clips += clips
+            self.session_clips += clips
+            if not boundary:
+                self.runlog.batch_done(None, None)
+                continue
+            lr = self.optimizer_step()
+            step_values = (step_terms / micro_batches).tolist() if self.schedule.step % cfg.log_every == 0 else None
+            now = time.perf_counter()
+            clips_per_s = window_clips * self.context.world_size / max(now - window_start, 1e-9)
+            if step_values is not None:
+                self.runlog.step({"epoch": self.epoch, "step": self.schedule.step, "lr": lr, "loss": step_values[0],
+                                  "label": step_values[1], "kd": step_values[2], "teacher_coverage": step_values[3],
+                                  "clips_per_s": clips_per_s})
+                window_start, window_clips = now, 0
+            running = (sums[0] / sums[4]).item() if self.runlog.progress_enabled else None
+            self.runlog.batch_done(running, clips_per_s)
+            step_terms.zero_()
+            micro_batches = 0
+            if distributed.any_rank(self.context, self.stop_requested):
+                self.epoch_sums = sums.tolist()
+                self.runlog.end_epoch()
+                return False
+        self.epoch_sums = sums.tolist()
+        self.epoch_seconds = time.perf_counter() - started
+        self.runlog.end_epoch()
+        return True
+
+    def forward_loss(self, batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, dict]:
+        from student.kd import TeacherMix, kd_loss
+
+        cfg = self.config
+        fbank = batch["fbank"].to(device, non_blocking=True)
+        target = batch["target"].to(device, non_blocking=True)
+        teacher = mask = mix = None
+        if cfg.uses_teacher:
+            teacher = batch["teacher"].to(device, non_blocking=True)
+            mask = batch["teacher_mask"].to(device, non_blocking=True)
+            if cfg.mixup > 0:
+                mix = TeacherMix(batch["lam"].to(device), batch["partner_teacher"].to(device, non_blocking=True),
+                                 batch["partner_mask"].to(device))
+        with self.precision.autocast():
+            logits = self.ddp(fbank)
+        return kd_loss(logits.float(), target, teacher, cfg.kd_lambda, cfg.kd_temperature, teacher_mask=mask,
+                       multi_label=cfg.multi_label, mix=mix)
+
+    def optimizer_step(self) -> float:
+        lr = self.schedule.apply(self.optimizer)
+        if self.config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step += 1
+        return lr
+
+    def end_epoch(self) -> None:
+        cfg = self.config
+        sums = distributed.sum_floats(self.context, self.epoch_sums)
+        metrics = validate(self.model, self.valid_loader, self.valid_set, self.context, self.precision, cfg.multi_label)
+        if self.averager is not None and self.averager.wants(self.epoch):
+            self.averager.update(self.model)
+        clips = max(sums[4], 1.0)
+        row: dict[str, Any] = {"epoch": self.epoch, "step": self.schedule.step, "lr": self.schedule.lr(),
+                               "train/loss": sums[0] / clips, "train/label": sums[1] / clips,
+                               "train/kd": sums[2] / clips, "train/teacher_coverage": sums[3] / clips}
+        row.update({f"valid/{key}": value for key, value in metrics.items() if key != "clips"})
+        row["train/clips_per_s"] = self.session_clips * self.context.world_size / max(self.epoch_seconds, 1e-9)
+        self.history.append(row)
+        if cfg.keep_epoch_checkpoints and self.context.is_main:
+            from pipeline.checkpoint import save_student
+
+            save_student(cfg.out / f"epoch_{self.epoch}.pt", self.model, self.student_config(),
+                         {"epoch": self.epoch, "metrics": metrics})
+        self.epoch += 1
+        self.batches_done = 0
+        self.epoch_sums = [0.0] * 5
+        self.save(finished=False)
+        self.runlog.epoch(self.history)
+
+    def finish(self) -> None:
+        """The weight-averaged model (or the last one) is validated and written as student.pt."""
+        from pipeline.atomic import write_json_atomic
+        from pipeline.checkpoint import save_student
+
+        cfg = self.config
+        averaged = self.averager is not None and self.averager.count > 0
+        if averaged:
+            self.model.load_state_dict(self.averager.averaged_state(self.model))
+            metrics = validate(self.model, self.valid_loader, self.valid_set, self.context, self.precision,
+                               cfg.multi_label)
+            if self.averager.end > cfg.epochs and self.context.is_main:
+                log.warning("weight averaging used epochs %d..%d (--wa-end %d is past the last epoch)",
+                            self.averager.start, cfg.epochs, self.averager.end)
+        else:
+            metrics = {k.removeprefix("valid/"): v for k, v in self.history[-1].items() if k.startswith("valid/")}
+            metrics["clips"] = float(len(self.valid_clips))
+        self.final_metrics = metrics
+        if self.context.is_main:
+            extra = {"epochs": len(self.history), "weight_averaged": averaged,
+                     "wa_epochs": [self.averager.start, min(self.averager.end, cfg.epochs)] if averaged else None,
+                     "final_metrics": metrics, "train_config": cfg.to_dict()}
+            save_student(cfg.out / MODEL_NAME, self.model, self.student_config(), extra)
+            self.runlog.final("final", {k: v for k, v in metrics.items()})
+            write_json_atomic(cfg.out / RESULT_NAME, {
+                "model": MODEL_NAME, "weight_averaged": averaged, "epochs": len(self.history),
+                "final": metrics, "history": self.history,
+            })
+        self.save(finished=True)
+
+    # ================================================================== persistence
+    def student_config(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "norm_mean": cfg.norm_mean, "norm_std": cfg.norm_std, "multi_label": cfg.multi_label,
+            "label_csv_sha256": getattr(self.label_set, "sha256", None), "tome_r": cfg.tome_r,
+            "tome_r_per_layer": list(self.tome_r_layers), "target_frames": cfg.target_frames,
+            "num_mel_bins": cfg.num_mel_bins,
+        }
+
+    def save(self, finished: bool) -> None:
+        """Gather every rank's RNG and partial sums; rank 0 writes the state atomically."""
+        rngs = distributed.gather_objects(self.context, rng_state(self.context.device))
+        sums = distributed.gather_objects(self.context, list(self.epoch_sums))
+        if not self.context.is_main:
+            distributed.barrier(self.context)
+            return
+        save_state(self.config.out, {
+            "config": self.config.to_dict(),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "averager": self.averager.state_dict() if self.averager is not None else None,
+            "rng": [{k: v.cpu() for k, v in r.items()} for r in rngs],
+            "epoch": self.epoch,
+            "batches_done": self.batches_done,
+            "epoch_sums": sums,
+            "history": self.history,
+            "step_rows": self.runlog.step_rows,
+            "finished": finished,
+            "final_metrics": self.final_metrics,
+        })
+        distributed.barrier(self.context)

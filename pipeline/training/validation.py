@@ -1,0 +1,86 @@
+"""Validation over all ranks: each rank predicts its shard, rank 0 joins them and scores every clip once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pipeline.dataset import ClipDataset
+from pipeline.sampling import ShardSampler
+from pipeline.training import distributed
+from pipeline.training.precision import Precision
+
+
+@torch.no_grad()
+def predict_shard(model: nn.Module, loader: DataLoader, device: torch.device, precision: Precision) -> tuple[np.ndarray, np.ndarray]:
+    """(clip indices, float32 logits) of this rank's shard."""
+    was_training = model.training
+    model.eval()
+    indices, logits = [], []
+    for batch in loader:
+        with precision.autocast():
+            out = model(batch["fbank"].to(device, non_blocking=True))
+        indices.append(batch["index"].numpy())
+        logits.append(out.float().cpu().numpy())
+    model.train(was_training)
+    if not indices:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(indices), np.concatenate(logits)
+
+
+def validation_loader(dataset: ClipDataset, context: distributed.Context, batch_size: int, num_workers: int,
+                      worker_init_fn: Any) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), context.rank, context.world_size),
+        num_workers=num_workers, pin_memory=context.device.type == "cuda", worker_init_fn=worker_init_fn,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def gather_predictions(context: distributed.Context, indices: np.ndarray, logits: np.ndarray,
+                       num_items: int) -> np.ndarray | None:
+    """All ranks' logits in clip order on rank 0 (None elsewhere); checks every clip came exactly once."""
+    parts = distributed.gather_objects(context, (indices, logits))
+    if not context.is_main:
+        return None
+    all_indices = np.concatenate([p[0] for p in parts])
+    all_logits = np.concatenate([p[1] for p in parts if len(p[0])])
+    if len(all_indices) != num_items or not np.array_equal(np.sort(all_indices), np.arange(num_items)):
+        raise RuntimeError(f"validation gathered {len(all_indices)} predictions for {num_items} clips")
+    ordered = np.empty_like(all_logits)
+    ordered[all_indices] = all_logits
+    return ordered
+
+
+def score(logits: np.ndarray, targets: np.ndarray, multi_label: bool) -> dict[str, float]:
+    """Validation loss and metrics, as AST reports them (mAP, mAUC, d'; accuracy for single-label)."""
+    from pipeline.metrics import accuracy, multilabel_metrics
+
+    z = torch.from_numpy(logits).double()
+    y = torch.from_numpy(targets).double()
+    if multi_label:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y).item()
+    else:
+        loss = torch.nn.functional.cross_entropy(z, y.argmax(dim=1)).item()
+    ranking = multilabel_metrics(targets, logits)
+    metrics = {"loss": loss, "mAP": ranking["mAP"], "mAUC": ranking["mAUC"], "d_prime": ranking["d_prime"]}
+    if not multi_label:
+        metrics["accuracy"] = accuracy(targets, logits)["accuracy"]
+    return metrics
+
+
+def validate(model: nn.Module, loader: DataLoader, dataset: ClipDataset, context: distributed.Context,
+             precision: Precision, multi_label: bool) -> dict[str, float]:
+    """Metrics over the whole validation set on rank 0; {} on the other ranks (they only predict)."""
+    indices, logits = predict_shard(model, loader, context.device, precision)
+    ordered = gather_predictions(context, indices, logits, len(dataset))
+    if ordered is None:
+        return {}
+    targets = np.stack([dataset.clips.multi_hot(i) for i in range(len(dataset))])
+    metrics = score(ordered, targets, multi_label)
+    metrics["clips"] = float(len(dataset))
+    return metrics
