@@ -20,7 +20,7 @@ def check_url_template(template: str) -> None:
     parts = urlsplit(template.replace("{id}", "X"))
     if parts.scheme not in ("http", "https", "file"):
         raise FatError(f"--url-template {template!r}: only http://, https:// and file:// URLs are supported")
-    if parts.scheme == "file" and not parts.path.startswith("/"):
+    if parts.scheme == "file" and (parts.netloc not in ("", "localhost") or not parts.path.startswith("/")):
         raise FatError(f"--url-template {template!r}: a file:// URL needs an absolute path (file:///abs/dir/{{id}}.webm)")
 
 

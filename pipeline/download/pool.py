@@ -51,7 +51,11 @@ class Event:
 
 class KillablePool:
     def __init__(self, size: int, options: FetchOptions, lock_path: Path, clip_timeout: float) -> None:
-        self._context = multiprocessing.get_context("spawn")
+        # forkserver: one server process imports and warms yt-dlp once; every worker (and every
+        # replacement of a killed one) is a cheap fork of it. Plain fork would copy the runner's
+        # threads and open store; spawn would pay ~1 s of imports per worker.
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["pipeline.download.warm"])
         self._options = options
         self._lock_path = lock_path
         self._clip_timeout = clip_timeout
@@ -60,7 +64,7 @@ class KillablePool:
     def _spawn(self) -> Worker:
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         process = self._context.Process(
-            target=_worker_main, args=(child_conn, self._options, os.getpid(), str(self._lock_path)),
+            target=_worker_main, args=(child_conn, self._options, str(self._lock_path)),
             name="fat-download-worker", daemon=True,
         )
         process.start()
@@ -175,19 +179,21 @@ def wait_for_orphans(lock_path: Path, timeout: float) -> bool:
 # ---------------------------------------------------------------------- inside the worker
 
 
-def _worker_main(conn: Connection, options: FetchOptions, parent_pid: int, lock_path: str) -> None:
+def _worker_main(conn: Connection, options: FetchOptions, lock_path: str) -> None:
     os.setsid()  # lead a process group: the runner kills it whole, and a terminal's Ctrl-C goes to the runner only
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     lock = open(lock_path, "a+")  # noqa: SIM115 - held for the life of the process
     fcntl.flock(lock.fileno(), fcntl.LOCK_SH)
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    # The parent is the fork server, which exits when the runner dies; then this worker is re-parented.
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
 
     from pipeline.download.clip import fetch_clip
+    from pipeline.download.warm import warm_up
     from pipeline.ffmpeg import ensure_ffmpeg_on_path
 
     ensure_ffmpeg_on_path()
-    _warm_up()
+    warm_up()  # a no-op when the fork server already did it
     conn.send(_READY)
     while True:
         try:
@@ -197,21 +203,6 @@ def _worker_main(conn: Connection, options: FetchOptions, parent_pid: int, lock_
         if task is None:
             return
         conn.send(fetch_clip(task, options))
-
-
-def _warm_up() -> None:
-    """Import yt-dlp and compile its extractor patterns once, outside any clip's time limit.
-
-    The first `extract_info` of a process costs about a second of CPU (module imports, ~1800
-    URL patterns); without this the first clip of every worker could overrun a tight limit.
-    """
-    import yt_dlp
-
-    from pipeline.download.clip import _MessageLog
-
-    params = {"quiet": True, "logger": _MessageLog(), "enable_file_urls": True, "noprogress": True}
-    with contextlib.suppress(Exception), yt_dlp.YoutubeDL(params) as ydl:
-        ydl.extract_info("file:///nonexistent/fat-warm-up.webm", download=False)
 
 
 def _watch_parent(parent_pid: int) -> None:

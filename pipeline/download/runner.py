@@ -35,6 +35,7 @@ from pipeline.errors import FatError
 log = logging.getLogger(__name__)
 
 PENDING = "pending"
+EXIT_RATE_LIMITED = 3  # the run stopped early because the source keeps rate-limiting
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,8 @@ def run_download(config: DownloadConfig) -> tuple[int, dict]:
     _log_summary(config, summary)
     if stats.interrupted_by:
         return 128 + signal.Signals[stats.interrupted_by].value, summary
+    if stats.gave_up:
+        return EXIT_RATE_LIMITED, summary
     return 0, summary
 
 
