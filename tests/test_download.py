@@ -355,3 +355,20 @@ def test_sigterm_then_sigkill_then_rerun_ends_complete(tmp_path: Path, media: di
     assert sorted(rows) == sorted(ids) and {row["status"] for row in rows.values()} == {"ok"}
     _assert_consistent(tmp_path)
     assert sorted(p.name for p in (tmp_path / "audio" / "eval").iterdir()) == sorted(f"{y}.wav" for y in ids)
+
+
+def test_wav_renamed_before_its_status_was_written_is_adopted(tmp_path: Path, media: dict[str, Path]) -> None:
+    """A crash between the rename and the status write leaves a complete WAV without an ok row."""
+    folder = tmp_path / "local"
+    folder.mkdir()
+    os.link(media["wav"], folder / "-adopted001.wav")
+    write_split(tmp_path, "eval", [("-adopted001", 1, 11)])
+    template = f"file://{folder}/{{id}}.wav"
+    assert main(download_args(tmp_path, template, "--workers", "1")) == 0
+    with sqlite3.connect(tmp_path / "manifests" / "eval.download.sqlite") as db:
+        db.execute("DELETE FROM clips")
+    (folder / "-adopted001.wav").unlink()  # a new download would now fail: the file must be adopted
+    assert main(download_args(tmp_path, template, "--workers", "1")) == 0
+    row = status_rows(tmp_path)["-adopted001"]
+    assert (row["status"], row["reason"]) == ("ok", "found-on-disk")
+    assert row["wav_bytes"] == (tmp_path / "audio" / "eval" / "-adopted001.wav").stat().st_size
