@@ -266,9 +266,7 @@ def _drive(config: DownloadConfig, store: StatusStore, todo: list[Clip], stats: 
                 pool.submit(idle[0], ClipTask(clip.ytid, clip.start, clip.end, clip_url(config.url_template, clip.ytid),
                                               str(config.out_dir), config.sample_rate))
                 next_start = now + config.sleep_between
-            wake = min(pool.next_deadline(), backoff.resume_at if queue else float("inf"),
-                       next_start if queue else float("inf"))
-            for event in pool.poll(min(0.2, max(0.0, wake - time.monotonic()))):
+            for event in pool.poll(_poll_timeout(pool, queue, backoff, next_start)):
                 clip = clips[event.task.ytid]
                 result = _result_of(event)
                 stats.cpu_workers += result.cpu_self
@@ -300,6 +298,16 @@ def _drive(config: DownloadConfig, store: StatusStore, todo: list[Clip], stats: 
         bar.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _poll_timeout(pool: KillablePool, queue: deque, backoff: GlobalBackoff, next_start: float) -> float:
+    """How long to wait for results: until the next deadline, the end of a pause, or the next
+    allowed start, whichever comes first (at most 0.2 s, so that signals are seen promptly)."""
+    now = time.monotonic()
+    wake = pool.next_deadline()
+    if queue and pool.idle():
+        wake = min(wake, backoff.resume_at if backoff.paused(now) else next_start)
+    return min(0.2, max(0.0, wake - now))
 
 
 def _result_of(event) -> ClipResult:
