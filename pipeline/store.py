@@ -1,0 +1,398 @@
+"""The teacher logits store: one HDF5 file of `ids` (N,) and `logits` (N, C) plus provenance.
+
+Reading (`LogitsStore`): ids are indexed once into a compact hash table made of numpy arrays
+(no Python object per id), so a forked DataLoader worker shares it without copying and a
+spawned one receives it cheaply; the HDF5 file itself is opened lazily in whichever process
+reads rows, and the operating system's page cache holds its contents once for all of them.
+
+Writing is in two parts so that a crash never leaves a file that looks finished:
+- `WorkLog`: while `fat logits` runs, each finished batch is appended to a log as one
+  self-checking record (length + CRC32). A kill at any moment tears at most the last record,
+  which the next run drops and recomputes.
+- `write_store`: the final HDF5 file is assembled under a temporary name, fsynced and renamed;
+  its `complete` attribute is true only when every requested clip is in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.atomic import atomic_path
+from pipeline.errors import FatError
+
+STORE_DTYPES = ("float16", "float32")
+CHUNK_ROWS = 256  # rows per HDF5 chunk: ~270 kB for 527 fp16 columns, one read per batch of neighbours
+
+_FNV_OFFSET = np.uint64(14695981039346656037)
+_FNV_PRIME = np.uint64(1099511628211)
+
+
+def _encode_ids(ids: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Ids as a fixed-width bytes array (utf-8), the form the index compares."""
+    if isinstance(ids, np.ndarray) and ids.dtype.kind == "S":
+        return ids
+    return np.array([str(i).encode("utf-8") for i in ids], dtype=bytes) if len(ids) else np.zeros(0, dtype="S1")
+
+
+def _hash_ids(keys: np.ndarray) -> np.ndarray:
+    """FNV-1a over each id's bytes, vectorised over ids; independent of the array's padding width."""
+    count = keys.shape[0]
+    width = max(keys.dtype.itemsize, 1)
+    octets = np.frombuffer(keys.tobytes(), dtype=np.uint8).reshape(count, width) if count else np.zeros((0, width), np.uint8)
+    lengths = np.char.str_len(keys) if count else np.zeros(0, dtype=np.int64)
+    hashes = np.full(count, _FNV_OFFSET, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for column in range(width):
+            inside = column < lengths
+            mixed = (hashes ^ octets[:, column].astype(np.uint64)) * _FNV_PRIME
+            hashes = np.where(inside, mixed, hashes)
+    return hashes
+
+
+class IdIndex:
+    """O(1) id → row lookup: open addressing (linear probing) over numpy arrays.
+
+    Built vectorised; duplicated ids are an error naming the id.
+    """
+
+    def __init__(self, ids: Sequence[str] | np.ndarray, source: str = "store") -> None:
+        self.keys = _encode_ids(ids)
+        count = self.keys.shape[0]
+        size = 8
+        while size < 2 * count:
+            size *= 2
+        self.mask = np.uint64(size - 1)
+        self.table = np.full(size, -1, dtype=np.int64)
+        hashes = _hash_ids(self.keys)
+        pending = np.arange(count, dtype=np.int64)
+        probe = np.zeros(count, dtype=np.uint64)
+        while pending.size:
+            slots = ((hashes[pending] + probe[pending]) & self.mask).astype(np.int64)
+            occupants = self.table[slots]
+            taken = occupants >= 0
+            clash = taken & (self.keys[np.where(taken, occupants, 0)] == self.keys[pending])
+            if clash.any():
+                duplicate = self.keys[pending[np.flatnonzero(clash)[0]]].decode("utf-8", "replace")
+                raise FatError(f"{source}: id {duplicate!r} occurs more than once")
+            free = ~taken
+            winners_slots, first = np.unique(slots[free], return_index=True)
+            winners = pending[free][first]
+            self.table[winners_slots] = winners
+            probe[pending[taken]] += np.uint64(1)  # a slot held by another id: look further
+            placed = np.zeros(count, dtype=bool)
+            placed[winners] = True
+            pending = pending[~placed[pending]]  # losers of a free slot retry it (and meet its winner)
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+    def rows_of(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Row of each id, −1 where absent."""
+        queries = _encode_ids(ids)
+        rows = np.full(queries.shape[0], -1, dtype=np.int64)
+        if not queries.shape[0] or not len(self):
+            return rows
+        fits = np.char.str_len(queries) <= self.keys.dtype.itemsize  # longer than every stored id: absent
+        active = np.flatnonzero(fits)
+        slots = (_hash_ids(queries[active]) & self.mask).astype(np.int64)
+        while active.size:
+            occupants = self.table[slots]
+            empty = occupants < 0
+            match = ~empty & (self.keys[np.where(empty, 0, occupants)] == queries[active])
+            rows[active[match]] = occupants[match]
+            keep = ~empty & ~match
+            active, slots = active[keep], (slots[keep] + 1) & int(self.mask)
+        return rows
+
+    def row_of(self, clip_id: str) -> int | None:
+        row = int(self.rows_of([clip_id])[0])
+        return None if row < 0 else row
+
+
+def _plain(value: Any) -> Any:
+    """HDF5 attribute → plain Python value (bytes → str, numpy scalars → int/float/bool)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    return value
+
+
+def _open_h5(path: Path):
+    import h5py
+
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as exc:
+        raise FatError(f"{path}: not a readable HDF5 logits store ({exc})") from exc
+
+
+class LogitsStore:
+    """Read a teacher logits store by clip id.
+
+    `LogitsStore(path)` refuses an incomplete store (one that `fat logits` has not finished)
+    unless `allow_incomplete=True`. Safe to hand to DataLoader workers (fork or spawn): the
+    HDF5 handle is opened per process on first use.
+    """
+
+    def __init__(self, path: str | Path, allow_incomplete: bool = False) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FatError(f"{self.path}: no such teacher logits store (create it with `fat logits`)")
+        with _open_h5(self.path) as handle:
+            for name in ("ids", "logits"):
+                if name not in handle:
+                    raise FatError(f"{self.path}: not a logits store (no `{name}` dataset)")
+            logits = handle["logits"]
+            if logits.ndim != 2:
+                raise FatError(f"{self.path}: `logits` must be 2-D (N, C), found shape {logits.shape}")
+            raw_ids = handle["ids"][()]
+            self.shape: tuple[int, int] = (int(logits.shape[0]), int(logits.shape[1]))
+            self.dtype = np.dtype(logits.dtype)
+            self.attrs: dict[str, Any] = {key: _plain(value) for key, value in handle.attrs.items()}
+        if len(raw_ids) != self.shape[0]:
+            raise FatError(f"{self.path}: {len(raw_ids)} ids but {self.shape[0]} logits rows")
+        recorded = self.attrs.get("num_classes")
+        if recorded is not None and int(recorded) != self.shape[1]:
+            raise FatError(f"{self.path}: attribute num_classes={recorded} but logits have {self.shape[1]} columns")
+        self.complete = bool(self.attrs.get("complete", False))
+        if not self.complete and not allow_incomplete:
+            missing = self.attrs.get("missing")
+            detail = f" ({missing} requested clips are missing)" if missing else ""
+            raise FatError(
+                f"{self.path}: the teacher logits store is incomplete{detail}: rerun `fat logits` to finish it, "
+                "or allow an incomplete store explicitly (fat train --missing-teacher mask)"
+            )
+        keys = np.array([i if isinstance(i, bytes) else str(i).encode("utf-8") for i in raw_ids], dtype=bytes) \
+            if len(raw_ids) else np.zeros(0, dtype="S1")
+        self._index = IdIndex(keys, source=str(self.path))
+        self._ids: np.ndarray | None = None
+        self._handle = None
+        self._handle_pid: int | None = None
+
+    # -- identity --------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.shape[1]
+
+    @property
+    def ids(self) -> np.ndarray:
+        """All ids, row order (decoded on first use)."""
+        if self._ids is None:
+            self._ids = np.array([k.decode("utf-8") for k in self._index.keys.tolist()], dtype=str)
+        return self._ids
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __contains__(self, clip_id: str) -> bool:
+        return self.row_of(clip_id) is not None
+
+    def provenance(self) -> dict[str, Any]:
+        """The attributes with the JSON-valued ones (`frontend`, `members`) parsed."""
+        parsed = dict(self.attrs)
+        for key in ("frontend", "members", "excluded"):
+            if isinstance(parsed.get(key), str):
+                try:
+                    parsed[key] = json.loads(parsed[key])
+                except json.JSONDecodeError:
+                    pass
+        return parsed
+
+    # -- lookup ----------------------------------------------------------------------------
+    def row_of(self, clip_id: str) -> int | None:
+        """Row of `clip_id`, or None when the store has no logits for it (O(1))."""
+        return self._index.row_of(clip_id)
+
+    def rows_of(self, ids: Sequence[str]) -> np.ndarray:
+        """Row of each id, −1 where absent (vectorised)."""
+        return self._index.rows_of(ids)
+
+    def fetch(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (float32, [n, C]) for `ids` in their order and a mask of which ones the store holds.
+
+        Rows of absent ids are zeros.
+        """
+        rows = self.rows_of(ids)
+        present = rows >= 0
+        out = np.zeros((len(rows), self.num_classes), dtype=np.float32)
+        if present.any():
+            out[present] = self.read_rows(rows[present])
+        return out, present
+
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Rows by number (any order, repeats allowed) as float32."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return np.zeros((0, self.num_classes), dtype=np.float32)
+        if rows.min() < 0 or rows.max() >= self.shape[0]:
+            raise IndexError(f"{self.path}: row out of range 0..{self.shape[0] - 1}")
+        wanted, inverse = np.unique(rows, return_inverse=True)
+        dataset = self._dataset()
+        low, high = int(wanted[0]), int(wanted[-1]) + 1
+        if high - low <= 4 * wanted.size + CHUNK_ROWS:
+            block = dataset[low:high][wanted - low]  # one contiguous read beats HDF5 point selection
+        else:
+            block = dataset[wanted]
+        return np.asarray(block, dtype=np.float32)[inverse]
+
+    # -- per-process handle ----------------------------------------------------------------
+    def _dataset(self):
+        if self._handle is None or self._handle_pid != os.getpid():
+            self._handle = _open_h5(self.path)  # a forked child never uses its parent's handle
+            self._handle_pid = os.getpid()
+        return self._handle["logits"]
+
+    def close(self) -> None:
+        if self._handle is not None and self._handle_pid == os.getpid():
+            self._handle.close()
+        self._handle, self._handle_pid = None, None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_handle"], state["_handle_pid"], state["_ids"] = None, None, None
+        return state
+
+    def __enter__(self) -> LogitsStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_store(
+    path: str | Path,
+    ids: Sequence[str],
+    blocks: Iterable[tuple[int, np.ndarray]],
+    num_classes: int,
+    attrs: dict[str, Any],
+    complete: bool,
+    dtype: str = "float16",
+) -> Path:
+    """Write a store atomically: `blocks` yields (first row, logits block) covering rows 0..N−1.
+
+    Every row must be written exactly once; anything less is a bug and nothing is renamed.
+    """
+    import h5py
+
+    if dtype not in STORE_DTYPES:
+        raise FatError(f"store dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
+    path = Path(path)
+    count = len(ids)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as handle:
+            handle.create_dataset("ids", data=np.array(list(ids), dtype=object), dtype=h5py.string_dtype("utf-8"))
+            logits = handle.create_dataset(
+                "logits", shape=(count, num_classes), dtype=dtype,
+                chunks=(max(1, min(count, CHUNK_ROWS)), num_classes) if count else None,
+            )
+            written = np.zeros(count, dtype=bool)
+            for start, block in blocks:
+                block = np.asarray(block)
+                if block.ndim != 2 or block.shape[1] != num_classes:
+                    raise ValueError(f"block of shape {block.shape} does not have {num_classes} columns")
+                stop = start + block.shape[0]
+                if written[start:stop].any():
+                    raise ValueError(f"rows {start}..{stop - 1} written twice")
+                logits[start:stop] = block.astype(dtype, copy=False)
+                written[start:stop] = True
+            if not written.all():
+                raise ValueError(f"{int((~written).sum())} rows of {count} were never written")
+            for key, value in attrs.items():
+                handle.attrs[key] = value
+            handle.attrs["num_classes"] = int(num_classes)
+            handle.attrs["complete"] = bool(complete)
+    return path
+
+
+# -- the work log: crash-safe progress of `fat logits` -------------------------------------
+
+_MAGIC = b"FATL"
+_HEADER = struct.Struct("<4sIIQ")  # magic, crc32(meta + payload), meta length, payload length
+
+
+@dataclass
+class LogRecord:
+    """One finished batch: logits of the clips that decoded and the reasons of those that did not."""
+
+    batch: int
+    ids: list[str]
+    logits: np.ndarray  # (len(ids), C) in the store dtype
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class WorkLog:
+    """An append-only file of `LogRecord`s; a torn tail (crash mid-write) is detected and dropped."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def records(self, verify: bool = True) -> Iterator[LogRecord]:
+        """Every intact record in order; stops quietly at the first torn or corrupt one."""
+        for record, _end in self._scan(verify=verify):
+            yield record
+
+    def valid_length(self) -> int:
+        """Byte length of the intact prefix."""
+        end = 0
+        for _record, end in self._scan(verify=True):
+            pass
+        return end
+
+    def _scan(self, verify: bool) -> Iterator[tuple[LogRecord, int]]:
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as handle:
+            offset = 0
+            while True:
+                head = handle.read(_HEADER.size)
+                if len(head) < _HEADER.size:
+                    return
+                magic, crc, meta_len, payload_len = _HEADER.unpack(head)
+                if magic != _MAGIC or meta_len > 1 << 30:
+                    return
+                body = handle.read(meta_len + payload_len)
+                if len(body) < meta_len + payload_len:
+                    return
+                if verify and zlib.crc32(body) != crc:
+                    return
+                try:
+                    meta = json.loads(body[:meta_len])
+                    logits = np.frombuffer(body[meta_len:], dtype=meta["dtype"]).reshape(meta["shape"])
+                except (ValueError, KeyError, TypeError):
+                    return
+                offset += _HEADER.size + meta_len + payload_len
+                yield LogRecord(int(meta["batch"]), list(meta["ids"]), logits, dict(meta.get("failed", {}))), offset
+
+    def open_for_append(self) -> None:
+        """Drop a torn tail left by a crash, so new records follow the last intact one."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        keep = self.valid_length()
+        with open(self.path, "ab") as handle:
+            if handle.tell() != keep:
+                handle.truncate(keep)
+                os.fsync(handle.fileno())
+
+    def append(self, record: LogRecord) -> None:
+        """Write one record and fsync it: once this returns, the batch survives a crash."""
+        logits = np.ascontiguousarray(record.logits)
+        meta = json.dumps({
+            "batch": record.batch, "ids": record.ids, "failed": record.failed,
+            "dtype": logits.dtype.str, "shape": list(logits.shape),
+        }).encode("utf-8")
+        body = meta + logits.tobytes()
+        with open(self.path, "ab") as handle:
+            handle.write(_HEADER.pack(_MAGIC, zlib.crc32(body), len(meta), len(body) - len(meta)) + body)
+            handle.flush()
+            os.fsync(handle.fileno())
