@@ -20,8 +20,11 @@ from pipeline.errors import FatError
 COMMANDS: tuple[str, ...] = (
     "metadata",
     "download",
+    "stats",
     "train",
     "evaluate",
+    "bench",
+    "merges",
     "demo",
 )
 

@@ -65,6 +65,15 @@ def parse_r_spec(text: str) -> RSpec:
         raise StudentError(f"cannot read r {text!r}: use 16, 16,16,8 (per layer) or 16:-1 (schedule)") from None
 
 
+def format_r_spec(r: RSpec) -> str:
+    """The text form parse_r_spec reads: 16, 16,16,8 or 16:-1."""
+    if isinstance(r, tuple) and len(r) == 2 and isinstance(r[1], float):
+        return f"{r[0]}:{r[1]:g}"
+    if isinstance(r, (list, tuple)):
+        return ",".join(str(value) for value in r)
+    return str(r)
+
+
 def set_tome_r(model: nn.Module, r: RSpec, prop_attn: bool | None = None) -> list[int]:
     """Set the merge counts of an AST (takes effect on the next forward; no rebuild, no new weights).
 

@@ -1,0 +1,72 @@
+"""`fat merges AUDIO`: draw which spectrogram patches the student merged into one token (PNG)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pipeline.cli import add_command
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from pipeline.commands.bench import add_model_arguments
+
+    parser = add_command(
+        subparsers, "merges", "draw the student's token merges over a clip's spectrogram (PNG)",
+        description=("Run the AST with token merging on one clip, trace which input patches each final token\n"
+                     "holds, and save a picture: the fbank, and the fbank with merged groups coloured.\n"
+                     "Example: fat merges clip.wav --checkpoint models/exp/best.pt --r 16 --out merges.png"),
+    )
+    parser.add_argument("audio", type=Path, metavar="AUDIO", help="audio file (any rate: resampled to 16 kHz)")
+    parser.add_argument("--r", default="16", help="merge rate: 16, per-block 16,16,8 or schedule 16:-1")
+    parser.add_argument("--out", type=Path, default=Path("merges.png"), help="PNG to write")
+    parser.add_argument("--start", type=float, default=0.0, help="where in the file the clip starts, seconds")
+    parser.add_argument("--norm", default="audioset", choices=["audioset", "esc50", "speechcommands"],
+                        help="published fbank statistics to normalise with, unless the student file has its own")
+    add_model_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from pipeline.atomic import atomic_path
+    from pipeline.audio import read_audio
+    from pipeline.commands.bench import build_model
+    from pipeline.errors import FatError
+    from student import StudentError
+    from student.features import NORM_STATS, SAMPLE_RATE, normalize, wave_to_fbank
+    from student.tome import parse_r_spec, set_tome_r
+    from student.vis import draw_merges
+
+    if not args.audio.is_file():
+        raise FatError(f"{args.audio}: no such audio file")
+    if args.out.suffix.lower() != ".png":
+        raise FatError(f"--out {args.out}: the picture is written as PNG; name it *.png")
+    if args.start < 0:
+        raise FatError(f"--start must be ≥ 0 seconds, got {args.start}")
+    model, config = build_model(args)
+    wave, _ = read_audio(args.audio, SAMPLE_RATE)
+    wave = wave[int(args.start * SAMPLE_RATE):]
+    mean, std = config.get("norm_mean"), config.get("norm_std")
+    if mean is None or std is None:
+        mean, std = NORM_STATS[args.norm]
+    try:
+        r = set_tome_r(model, parse_r_spec(args.r))
+        fbank = wave_to_fbank(torch.from_numpy(wave), SAMPLE_RATE, target_frames=model.input_tdim)
+        with torch.inference_mode():
+            _, state = model.forward_traced(normalize(fbank, mean, std)[None])
+    except StudentError as exc:
+        raise FatError(f"{args.audio}: {exc}") from None
+    if state is None:
+        raise FatError("--r 0 merges nothing: give a merge rate above 0 to draw")
+    fig = draw_merges(model, fbank, state.owner[0], title=f"{args.audio.name}  (r = {args.r}, {config['size']})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    log.info("tokens after each block: %s", " ".join(map(str, state.tokens)))
+    print(f"{args.out}: {model.num_tokens} → {state.tokens[-1]} tokens (r per block {r})")
+    return 0

@@ -1,0 +1,47 @@
+"""Fbank statistics of a dataset: the (mean, std) that `student.features.normalize` needs.
+
+Computed exactly (float64 running sums over every cell of every clip's fbank, as the model
+sees it: padded or cut to the target frames). AST's published constants were instead averages
+of per-batch means and stds with mixup and SpecAugment on, so they differ slightly for the same data.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.errors import FatError
+
+
+def fbank_stats(datafile: Any, frames: int | None = 1024, limit: int | None = None, seed: int = 0,
+                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """{"mean", "std", "clips", "frames_per_clip", "cells"} over the datafile's clips (or a random `limit` of them)."""
+    import torch
+
+    from pipeline.audio import read_audio
+    from student import StudentError
+    from student.features import SAMPLE_RATE, kaldi_fbank
+
+    indices = np.arange(len(datafile))
+    if limit is not None and limit < len(indices):
+        indices = np.sort(np.random.default_rng(seed).choice(indices, size=limit, replace=False))
+    total = total_sq = 0.0
+    cells = 0
+    for done, index in enumerate(indices, 1):
+        path, clip_id = datafile.paths[index], datafile.ids[index]
+        try:
+            wave, _ = read_audio(path, SAMPLE_RATE)
+            fbank = kaldi_fbank(torch.from_numpy(np.ascontiguousarray(wave)), frames).double()
+        except (StudentError, FatError, OSError, RuntimeError) as exc:
+            raise FatError(f"clip {clip_id} ({path}): {exc}") from None
+        total += float(fbank.sum())
+        total_sq += float(fbank.square().sum())
+        cells += fbank.numel()
+        if progress and (done % 200 == 0 or done == len(indices)):
+            progress(done, len(indices))
+    mean = total / cells
+    variance = max(total_sq / cells - mean * mean, 0.0)
+    return {"mean": mean, "std": math.sqrt(variance), "clips": int(len(indices)),
+            "frames_per_clip": frames, "cells": cells}

@@ -1,0 +1,99 @@
+"""Throughput of an AST at several merge rates, measured the same way for every setting.
+
+Settings are timed round-robin (one batch each per round, median over rounds), so that load
+from other work on a shared machine hits every setting alike and the ratios stay fair. The
+"timm" row runs timm's own `VisionTransformer.forward_features` on the same weights: the
+baseline that token merging has to beat.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from student.ast import ASTModel
+from student.flops import analytic_gflops
+from student.tome import RSpec, format_r_spec, set_tome_r, tokens_per_layer
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Row:
+    name: str  # "timm" or "r=<spec>"
+    r: RSpec | None
+    seconds: float  # median seconds per batch
+    clips_per_s: float
+    gflops: float  # analytic, per clip
+    tokens_out: int  # tokens after the last block
+
+
+def timm_forward(model: ASTModel, x: torch.Tensor) -> torch.Tensor:
+    """The plain timm path: VisionTransformer.forward_features on the fbank image, then AST's head."""
+    tokens = model.v.forward_features(x.unsqueeze(1).transpose(2, 3))
+    return model.mlp_head((tokens[:, 0] + tokens[:, 1]) / 2)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sweep(model: ASTModel, rs: list[RSpec], batch: int = 8, rounds: int = 3, warmup: int = 1,
+          dtype: str = "fp32", include_timm: bool = True, seed: int = 0,
+          progress: Callable[[str], None] | None = None) -> list[Row]:
+    """Time `model` at every r in `rs` (and timm's plain forward) on random fbank batches."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    device = next(model.parameters()).device
+    x = torch.randn(batch, model.input_tdim, model.input_fdim, generator=torch.Generator().manual_seed(seed)).to(device)
+    autocast = (torch.autocast(device.type, dtype=DTYPES[dtype]) if dtype != "fp32" else nullcontext())
+    saved = (list(model.tome_r), model.training)
+    model.eval()
+
+    settings: list[tuple[str, RSpec | None]] = [("timm", None)] if include_timm else []
+    settings += [(f"r={format_r_spec(r)}", r) for r in rs]
+    times: dict[str, list[float]] = {name: [] for name, _ in settings}
+    try:
+        with torch.inference_mode(), autocast:
+            for round_index in range(warmup + rounds):
+                for name, r in settings:
+                    if r is not None:
+                        set_tome_r(model, r)
+                    _synchronize(device)
+                    start = time.perf_counter()
+                    (timm_forward(model, x) if r is None else model(x))
+                    _synchronize(device)
+                    if round_index >= warmup:
+                        times[name].append(time.perf_counter() - start)
+                if progress:
+                    progress(f"round {round_index + 1}/{warmup + rounds} done")
+    finally:
+        model.tome_r = saved[0]
+        model.train(saved[1])
+
+    rows = []
+    for name, r in settings:
+        seconds = statistics.median(times[name])
+        effective_r = 0 if r is None else r
+        rows.append(Row(name, r, seconds, batch / seconds, analytic_gflops(model, effective_r),
+                        tokens_per_layer(model, effective_r)[-1]))
+    return rows
+
+
+def table(rows: list[Row], reference: str = "r=0") -> str:
+    """A markdown table; speed-ups and FLOP ratios are relative to the `reference` row."""
+    base = next((row for row in rows if row.name == reference), rows[0])
+    lines = ["| setting | tokens out | GFLOPs/clip | FLOPs ratio | clips/s | speed-up | speed-up / FLOPs ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        flops_ratio = base.gflops / row.gflops
+        speedup = row.clips_per_s / base.clips_per_s
+        lines.append(f"| {row.name} | {row.tokens_out} | {row.gflops:.1f} | {flops_ratio:.2f}× | "
+                     f"{row.clips_per_s:.2f} | {speedup:.2f}× | {speedup / flops_ratio:.2f} |")
+    return "\n".join(lines)
