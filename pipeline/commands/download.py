@@ -28,6 +28,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
+    return value
+
+
 def _non_negative(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -56,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Local folder of media: --url-template 'file:///abs/dir/{id}.webm'."
         ),
     )
-    parser.add_argument("--split", required=True, help="split name, e.g. balanced_train, eval (required)")
+    parser.add_argument("--split", required=True, help="split name, e.g. balanced_train or eval (required; default: none)")
     parser.add_argument("--metadata-dir", type=Path, default=Path("data/metadata"),
                         help="folder of the normalised <split>.csv written by `fat metadata`")
     parser.add_argument("--out-dir", type=Path, default=Path("data/audio"), help="audio root; clips go to <out-dir>/<split>/")
@@ -72,8 +79,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--clip-timeout", type=_positive, default=180.0,
                         help="hard limit per clip, seconds: the worker and its ffmpeg are killed after it")
     parser.add_argument("--socket-timeout", type=_positive, default=20.0, help="network inactivity timeout, seconds")
-    parser.add_argument("--http-retries", type=int, default=2, help="yt-dlp's own retries of a failed request")
-    parser.add_argument("--max-retries", type=int, default=5,
+    parser.add_argument("--http-retries", type=_count, default=2, help="yt-dlp's own retries of a failed request")
+    parser.add_argument("--max-retries", type=_count, default=5,
                         help="rate-limit retries per clip, and consecutive rate limits before the run gives up")
     parser.add_argument("--backoff-base", type=_non_negative, default=5.0,
                         help="first global pause after a rate limit, seconds (doubles each time; Retry-After is a floor)")
@@ -122,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     ensure_ffmpeg_on_path()
     runtimes = available_js_runtimes()
     if is_youtube(template):
+        log.info("YouTube: JavaScript runtime(s) for yt-dlp: %s", ", ".join(runtimes) or "none")
         for warning in youtube_warnings(runtimes, tuple(args.remote_components), args.cookies):
             log.warning("warning: %s", warning)
     options = FetchOptions(

@@ -102,6 +102,11 @@ def fetch_clip(task: ClipTask, options: FetchOptions) -> ClipResult:
         result = _fetch(task, options, work_dir)
     except ClipFailure as failure:
         result = ClipResult(task.ytid, failure.status, failure.reason, failure.message, retry_after=failure.retry_after)
+    except Exception as exc:  # a bug or the machine (disk full): record it with its traceback, keep the worker
+        import traceback
+
+        trace = "".join(traceback.format_exception(exc)[-6:])
+        result = ClipResult(task.ytid, FAILED, "error", f"{type(exc).__name__}: {exc}\n{trace}")
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     self_after, children_after = _cpu_times()
@@ -281,12 +286,10 @@ def _ffmpeg_window_to_wav(source: str, input_options: dict, task: ClipTask, wav:
         .filter("atrim", start=f"{task.start - seek:.6f}", duration=f"{task.end - task.start:.6f}")
         .filter("asetpts", "PTS-STARTPTS")
     )
-    command = (
-        audio.output(subprocess_path(wav), ac=1, ar=task.sample_rate, acodec="pcm_s16le", f="wav", map_metadata=-1)
-        .global_args("-nostdin", "-hide_banner", "-nostats")
-        .compile(cmd=ffmpeg_binary(), overwrite_output=True)
-    )
-    process = subprocess.run(command, capture_output=True, text=True, errors="replace", check=False)
+    output = audio.output(subprocess_path(wav), ac=1, ar=task.sample_rate, acodec="pcm_s16le", f="wav", map_metadata=-1)
+    command = [ffmpeg_binary(), "-nostdin", "-hide_banner", "-nostats", "-y", *output.get_args()]
+    process = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
+                             check=False)
     duration = _source_duration(process.stderr)
     if process.returncode != 0 or not wav.is_file():
         message = _ffmpeg_error(process.stderr)

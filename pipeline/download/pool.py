@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 from pipeline.download.clip import ClipResult, ClipTask, FetchOptions
+from pipeline.errors import FatError
 
 _READY = "ready"
 
@@ -59,6 +60,7 @@ class KillablePool:
         self._options = options
         self._lock_path = lock_path
         self._clip_timeout = clip_timeout
+        self._startup_failures = 0
         self._workers: list[Worker] = [self._spawn() for _ in range(size)]
 
     def _spawn(self) -> Worker:
@@ -100,10 +102,17 @@ class KillablePool:
                 try:
                     message = worker.conn.recv()
                 except (EOFError, OSError):
-                    events.extend(self._replace(index, "crashed", f"worker exited with code {worker.process.exitcode}"))
+                    worker.process.join(timeout=1.0)
+                    detail = f"worker exited with code {worker.process.exitcode}"
+                    if not worker.ready:
+                        self._startup_failures += 1
+                        if self._startup_failures > 3:
+                            raise FatError(f"download workers keep dying at start-up ({detail})")
+                    events.extend(self._replace(index, "crashed", detail))
                     continue
                 if message == _READY:
                     worker.ready = True
+                    self._startup_failures = 0
                 elif worker.task is not None:
                     task, worker.task, worker.deadline = worker.task, None, float("inf")
                     events.append(Event("done", task, message, elapsed=time.monotonic() - worker.started))

@@ -189,9 +189,9 @@ def _plan(config: DownloadConfig, store: StatusStore, stats: RunStats) -> list[C
         if row is not None and row.status == UNAVAILABLE and same_window and not config.retry_unavailable:
             stats.skipped_unavailable += 1
             continue
-        if (row is None or row.status != OK) and wav.is_file():
+        if (row is None or (row.status != OK and same_window)) and wav.is_file():
             # The WAV was renamed into place but the run died before recording it.
-            recovered = _recover(wav, clip, config.sample_rate, row)
+            recovered = _recover(wav, clip, config.sample_rate, row, config.fetch.length_tolerance)
             if recovered is not None:
                 found.append(recovered)
                 continue
@@ -209,8 +209,11 @@ def _intact(wav: Path, expected_bytes: int) -> bool:
         return False
 
 
-def _recover(wav: Path, clip: Clip, sample_rate: int, row: StatusRow | None) -> StatusRow | None:
-    """An ok row for a WAV that is complete for its window, else None (it will be fetched again)."""
+def _recover(wav: Path, clip: Clip, sample_rate: int, row: StatusRow | None, tolerance: float) -> StatusRow | None:
+    """An ok row for a WAV that is complete for its window, else None (it will be fetched again).
+
+    Strict: the full window length (a legitimately short end-of-video clip is simply fetched again).
+    """
     import soundfile as sf
 
     try:
@@ -218,7 +221,7 @@ def _recover(wav: Path, clip: Clip, sample_rate: int, row: StatusRow | None) -> 
     except (sf.LibsndfileError, RuntimeError):
         return None
     seconds = info.frames / info.samplerate if info.samplerate else 0.0
-    if info.samplerate != sample_rate or info.channels != 1 or not 0 < seconds <= clip.end - clip.start + 0.02:
+    if info.samplerate != sample_rate or info.channels != 1 or abs(seconds - (clip.end - clip.start)) > tolerance:
         return None
     return StatusRow(clip.ytid, OK, "found-on-disk", "", (row.attempts if row else 0), now_iso(),
                      clip.start, clip.end, seconds, wav.stat().st_size, 0, 0.0)
