@@ -155,16 +155,22 @@ def load_teacher_table(store_path: str | Path, clips: ClipList, label_set: Any, 
             f"{store_path}: teacher logits were computed for another label CSV (sha256 {str(store_sha)[:12]}…, "
             f"this run's is {str(label_sha)[:12]}…): class columns would not line up"
         )
-    dtype = torch.float16 if np.dtype(store.dtype if hasattr(store, "dtype") else np.float32) == np.float16 else torch.float32
+    dtype = torch.float16 if np.dtype(getattr(store, "dtype", np.float32)) == np.float16 else torch.float32
+    rows = np.asarray(store.rows_of(list(clips.ids)), dtype=np.int64)
+    present = torch.from_numpy(rows >= 0)
     logits = torch.zeros(len(clips), clips.num_classes, dtype=dtype)
-    present = torch.zeros(len(clips), dtype=torch.bool)
-    for start in range(0, len(clips), block):
-        ids = [clips.ids[i] for i in range(start, min(start + block, len(clips)))]
-        values, found = store.fetch(ids)
-        logits[start:start + len(ids)] = torch.from_numpy(np.asarray(values)).to(dtype)
-        present[start:start + len(ids)] = torch.from_numpy(np.asarray(found, dtype=bool))
-    if hasattr(store, "close"):
-        store.close()
+    # One sequential pass over the store in slabs; each slab's rows are scattered to their clips.
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    for low in range(0, len(store), block):
+        high = min(low + block, len(store))
+        first, last = np.searchsorted(sorted_rows, [low, high])
+        if first == last:
+            continue
+        slab = store.read_rows(np.arange(low, high))
+        targets = order[first:last]
+        logits[torch.from_numpy(targets)] = torch.from_numpy(slab[sorted_rows[first:last] - low]).to(dtype)
+    store.close()
     missing_rows = np.flatnonzero(~present.numpy())
     if missing_rows.size and missing == "error":
         shown = ", ".join(clips.ids[i] for i in missing_rows[:10])

@@ -139,6 +139,6 @@ class RunLog:
             return
         self.live.step = int(row["epoch"])
         for key, value in row.items():
-            if key != "epoch" and isinstance(value, (int, float)):
+            if key not in ("epoch", "step") and isinstance(value, (int, float)):
                 self.live.log_metric(key, value)
         self.live.make_summary()

@@ -1,0 +1,227 @@
+"""`fat train` in this process: a tiny AST learns a generated task; policies, errors, schedule, presets."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipeline.cli import build_parser, main
+from tests.train_fixtures import make_task, oracle_logits, write_store
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A tiny AST over 128 mel bins × 96 frames with 16×16 strides: 8 × 6 = 48 patches.
+TINY = ["--model-size", "tiny224", "--fstride", "16", "--tstride", "16", "--target-frames", "96",
+        "--num-workers", "0", "--no-progress"]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("learn")
+    task = make_task(root, n_train=40, n_valid=20, num_classes=4, seed=0)
+    write_store(root / "teacher.h5", task.train_ids, oracle_logits(task.train_targets), task.labels)
+    return task
+
+
+def base_args(task, out: Path, *extra: str) -> list[str]:
+    return ["train", "--train", str(task.train), "--valid", str(task.valid), "--teacher",
+            str(task.root / "teacher.h5"), "--out", str(out), *TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def learned(task):
+    """One real training run shared by the tests that inspect its outputs."""
+    out = task.root / "run"
+    code = main(base_args(task, out, "--kd-lambda", "0.5", "--mixup", "0.3", "--freqm", "8", "--timem", "10",
+                          "--epochs", "5", "--batch-size", "8", "--lr", "3e-4", "--warmup-steps", "5",
+                          "--lr-decay-start", "100", "--wa-start", "3", "--wa-end", "5", "--log-every", "2"))
+    assert code == 0
+    return out
+
+
+def test_tiny_ast_learns_a_generated_multilabel_task(task, learned):
+    from pipeline.checkpoint import load_student
+    from pipeline.datafile import load_label_csv
+    from pipeline.dataset import ClipDataset, Features, load_clip_list
+    from pipeline.metrics import multilabel_metrics
+    from student import create_ast
+
+    result = json.loads((learned / "result.json").read_text())
+    assert result["weight_averaged"] and result["epochs"] == 5
+    assert result["final"]["mAP"] >= 0.9, result["final"]
+    clips = load_clip_list(task.valid, load_label_csv(task.labels))
+    dataset = ClipDataset(clips, Features(96, 128))
+    fbank = torch.stack([dataset[i]["fbank"] for i in range(len(dataset))])
+    # The untrained model (same seed, same initial weights) is far from it: this is learning.
+    torch.manual_seed(0)
+    untrained = create_ast("tiny224", 4, 128, 96, 16, 16).eval()
+    with torch.no_grad():
+        assert multilabel_metrics(task.valid_targets, untrained(fbank).numpy())["mAP"] < 0.7
+    # student.pt is the weight-averaged model whose metrics the run reported.
+    model, config = load_student(learned / "student.pt")
+    assert config["norm_mean"] == pytest.approx(-4.2677393) and config["multi_label"] and config["tome_r"] == "0"
+    with torch.no_grad():
+        scores = model(fbank).numpy()
+    assert multilabel_metrics(task.valid_targets, scores)["mAP"] == pytest.approx(result["final"]["mAP"], abs=1e-6)
+
+
+def test_logs_epochs_steps_and_dvclive(learned):
+    epochs = read_csv(learned / "epochs.csv")
+    assert [int(row["epoch"]) for row in epochs] == [1, 2, 3, 4, 5]
+    assert float(epochs[-1]["train/loss"]) < float(epochs[0]["train/loss"])
+    for key in ("train/label", "train/kd", "valid/mAP", "valid/mAUC", "valid/d_prime", "train/clips_per_s"):
+        assert key in epochs[0]
+    steps = read_csv(learned / "steps.csv")
+    assert [int(row["step"]) for row in steps] == list(range(2, 26, 2))  # 5 batches × 5 epochs, every 2nd
+    assert float(steps[0]["lr"]) == pytest.approx(3e-4 * 2 / 5)  # linear warm-up over 5 steps
+    metrics = json.loads((learned / "dvclive" / "metrics.json").read_text())
+    assert metrics["final"]["mAP"] == pytest.approx(json.loads((learned / "result.json").read_text())["final"]["mAP"])
+    plot = (learned / "dvclive" / "plots" / "metrics" / "valid" / "mAP.tsv").read_text().splitlines()
+    assert plot[0].split("\t") == ["step", "mAP"] and len(plot) == 6
+
+
+def test_existing_run_is_never_overwritten_and_resume_refuses_changed_settings(task, learned, capsys):
+    assert main(base_args(task, learned, "--kd-lambda", "0.5")) == 2
+    assert "already lives in" in capsys.readouterr().err
+    assert main(base_args(task, learned, "--kd-lambda", "0.2", "--resume")) == 2
+    assert "kd_lambda: 0.5 → 0.2" in capsys.readouterr().err
+
+
+def test_missing_teacher_rows_error_by_default_and_mask_trains(task, tmp_path, capsys):
+    partial = write_store(tmp_path / "partial.h5", task.train_ids[4:], oracle_logits(task.train_targets[4:]),
+                          task.labels)
+    args = ["train", "--train", str(task.train), "--valid", str(task.valid), "--teacher", str(partial), *TINY,
+            "--epochs", "1", "--batch-size", "8", "--mixup", "0", "--kd-lambda", "0.5", "--no-wa"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "4 of 40 clips" in err and "train000, train001, train002, train003" in err
+    assert not (tmp_path / "a" / "student.pt").exists()
+    assert main([*args, "--out", str(tmp_path / "b"), "--missing-teacher", "mask"]) == 0
+    row = read_csv(tmp_path / "b" / "epochs.csv")[0]
+    assert float(row["train/teacher_coverage"]) == pytest.approx(36 / 40)
+
+
+def test_single_label_cross_entropy_with_kd_reports_accuracy(tmp_path):
+    task = make_task(tmp_path, n_train=12, n_valid=6, num_classes=3, seed=5)
+    for split in (task.train, task.valid):  # keep one label per clip
+        data = json.loads(split.read_text())
+        for entry in data["data"]:
+            entry["labels"] = entry["labels"].split(",")[0]
+        split.write_text(json.dumps(data))
+    ids = task.train_ids
+    store = write_store(tmp_path / "t.h5", ids, np.random.default_rng(0).normal(size=(len(ids), 3)), task.labels)
+    out = tmp_path / "ce"
+    assert main(["train", "--train", str(task.train), "--valid", str(task.valid), "--teacher", str(store), *TINY,
+                 "--out", str(out), "--loss", "ce", "--kd-lambda", "0.5", "--kd-temperature", "2", "--epochs", "1",
+                 "--batch-size", "6", "--no-wa", "--noise", "--time-shift", "5"]) == 0
+    row = read_csv(out / "epochs.csv")[0]
+    assert 0.0 <= float(row["valid/accuracy"]) <= 1.0 and float(row["train/kd"]) > 0
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--kd-lambda", "0.5"], "needs teacher logits"),
+    (["--kd-lambda", "1", "--loss", "ce"], "exactly one label per clip"),
+    (["--kd-lambda", "1.5"], "--kd-lambda must lie in [0, 1]"),
+    (["--kd-lambda", "1", "--epochs", "2", "--wa-start", "3"], "after the last epoch"),
+    (["--kd-lambda", "1", "--tome-r", "x"], "cannot read r"),
+    (["--kd-lambda", "1", "--fstride", "20"], "fstride must be between 1 and 16"),
+])
+def test_bad_settings_fail_before_training(task, tmp_path, capsys, extra, message):
+    args = ["train", "--train", str(task.train), "--valid", str(task.valid), "--out", str(tmp_path / "out"),
+            *TINY, *extra]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "student.pt").exists()
+
+
+def test_bad_datafile_and_audio_are_named(task, tmp_path, capsys):
+    data = json.loads(task.train.read_text())
+    data["data"][3]["labels"] = "/m/nosuchclass"
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps(data).replace('"audio/', f'"{task.root}/audio/'))
+    args = ["train", "--valid", str(task.valid), "--labels", str(task.labels), "--kd-lambda", "1", *TINY]
+    assert main([*args, "--train", str(unknown), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown.json" in err and "/m/nosuchclass" in err
+    data = json.loads(task.train.read_text())
+    data["data"][1]["wav"] = "audio/train/gone.wav"
+    gone = task.root / "gone.json"
+    gone.write_text(json.dumps(data))
+    assert main([*args, "--train", str(gone), "--out", str(tmp_path / "b")]) == 2
+    assert "gone.wav" in capsys.readouterr().err
+
+
+def test_lr_schedule_matches_ast_balanced_log():
+    from pipeline.training.schedule import LRSchedule
+
+    schedule = LRSchedule(5e-5, warmup_steps=0, decay_start=10, decay_step=5, decay_factor=0.5)
+    per_epoch = []
+    for epoch in range(1, 26):
+        schedule.epoch = epoch
+        per_epoch.append(schedule.lr())
+    # AST's shipped balanced-set result.csv: 10 epochs at 5e-5, then halving every 5 epochs.
+    assert per_epoch == pytest.approx([5e-5] * 10 + [2.5e-5] * 5 + [1.25e-5] * 5 + [6.25e-6] * 5)
+    full = LRSchedule(1e-5, warmup_steps=1000, decay_start=2, decay_step=1, decay_factor=0.5)
+    assert full.lr() == pytest.approx(1e-8)  # first warm-up step: lr / 1000, never 0
+    full.step, full.epoch = 5000, 4
+    assert full.lr() == pytest.approx(1e-5 / 4)
+
+
+def test_weight_average_is_the_mean_of_epoch_weights():
+    from pipeline.training.averaging import WeightAverager
+
+    model = torch.nn.Linear(3, 2)
+    averager = WeightAverager(2, 3)
+    snapshots = []
+    for epoch in range(1, 5):
+        with torch.no_grad():
+            model.weight.add_(epoch)
+        if averager.wants(epoch):
+            averager.update(model)
+            snapshots.append(model.weight.detach().clone())
+    assert averager.count == 2
+    torch.testing.assert_close(averager.averaged_state(model)["weight"], (snapshots[0] + snapshots[1]) / 2)
+
+
+def dvc_argv(section: dict) -> list[str]:
+    """The command line DVC builds from a params section (bool → --key / --no-key, lists spread)."""
+    argv = ["train"]
+    for key, value in section.items():
+        if isinstance(value, bool):
+            argv.append(f"--{key}" if value else f"--no-{key}")
+        elif isinstance(value, list):
+            argv += [f"--{key}", *map(str, value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+@pytest.mark.parametrize("preset,expect", [
+    ("train-audioset-balanced.yaml", {"lr": 2.5e-4, "batch_size": 8, "epochs": 16, "tstride": 12, "mixup": 0.5,
+                                      "timem": 192, "lr_decay_start": 10, "wa_start": 6, "kd_lambda": 0.1}),
+    ("train-audioset-full.yaml", {"lr": 1e-5, "epochs": 5, "balanced": True, "lr_decay_start": 2, "wa_end": 5}),
+    ("train-speechcommands.yaml", {"lr": 2.5e-4, "timem": 48, "mixup": 0.6, "noise": True, "target_frames": 128,
+                                   "lr_decay_factor": 0.85, "wa": False, "main_metric": "accuracy",
+                                   "norm_mean": -6.845978}),
+])
+def test_presets_are_valid_fat_train_command_lines(preset, expect):
+    from pipeline.commands.train import config_from_args
+    from pipeline.dvcargs import normalise_argv
+
+    section = yaml.safe_load((REPO / "configs" / preset).read_text())["train"]
+    parser = build_parser()
+    args = parser.parse_args(normalise_argv(parser, dvc_argv(section)))
+    config = config_from_args(args)
+    for key, value in expect.items():
+        assert getattr(config, key) == value, key
