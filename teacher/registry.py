@@ -1,0 +1,121 @@
+"""The released EfficientAT AudioSet "mn" checkpoints: name → file, URL, network shape,
+front-end settings and the mAP its authors published (AudioSet eval set).
+
+File names and mAP values are EfficientAT's (release v0.0.1; the file name encodes the mAP
+×1000). No sha256 is published upstream, so `sha256` is None for them: fill one in (or pass a
+verified local file with --checkpoint) to have downloads verified.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from dataclasses import dataclass, field
+
+from teacher.errors import TeacherError
+from teacher.frontend import FrontEndConfig
+from teacher.model import MNConfig
+
+RELEASE_URL = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/"
+MIRROR_ENV = "FAT_TEACHER_MIRROR"  # a folder URL holding the same file names (offline mirrors, tests)
+AUDIOSET_CLASSES = 527
+
+
+@dataclass(frozen=True)
+class ReleasedTeacher:
+    name: str
+    file: str
+    width: float
+    published_map: float | None  # mAP on AudioSet eval as published; None where not stated
+    head: str = "mlp"
+    strides: tuple[int, int, int, int] = (2, 2, 2, 2)
+    n_mels: int = 128
+    hop_length: int = 320  # samples at 32 kHz (10 ms)
+    sha256: str | None = None
+    note: str = ""
+    num_classes: int = AUDIOSET_CLASSES
+
+    @property
+    def url(self) -> str:
+        base = os.environ.get(MIRROR_ENV) or RELEASE_URL
+        return urllib.parse.urljoin(base if base.endswith("/") else base + "/", urllib.parse.quote(self.file))
+
+    def frontend_config(self) -> FrontEndConfig:
+        return FrontEndConfig(n_mels=self.n_mels, hop_length=self.hop_length)
+
+    def model_config(self, num_classes: int | None = None) -> MNConfig:
+        return MNConfig(width=self.width, num_classes=num_classes or self.num_classes, strides=self.strides,
+                        head=self.head, input_dims=(self.n_mels, 1000))
+
+
+def _mn(name: str, file: str, width: float, mAP: float | None, **kw) -> ReleasedTeacher:
+    return ReleasedTeacher(name=name, file=file, width=width, published_map=mAP, **kw)
+
+
+_RELEASED: tuple[ReleasedTeacher, ...] = (
+    _mn("mn01_as", "mn01_as_mAP_298.pt", 0.1, None, note="file name says mAP 0.298"),
+    _mn("mn02_as", "mn02_as_mAP_378.pt", 0.2, None, note="file name says mAP 0.378"),
+    _mn("mn04_as", "mn04_as_mAP_432.pt", 0.4, 0.432),
+    _mn("mn05_as", "mn05_as_mAP_443.pt", 0.5, 0.443),
+    _mn("mn10_as", "mn10_as_mAP_471.pt", 1.0, 0.471),
+    _mn("mn20_as", "mn20_as_mAP_478.pt", 2.0, 0.478),
+    _mn("mn30_as", "mn30_as_mAP_482.pt", 3.0, 0.482),
+    _mn("mn40_as", "mn40_as_mAP_484.pt", 4.0, 0.484),
+    _mn("mn40_as(2)", "mn40_as_mAP_483.pt", 4.0, None, note="second mn40_as run; file name says 0.483"),
+    _mn("mn40_as(3)", "mn40_as_mAP_483(2).pt", 4.0, None, note="third mn40_as run; file name says 0.483"),
+    _mn("mn40_as_ext", "mn40_as_ext_mAP_487.pt", 4.0, 0.487, note="300 epochs"),
+    _mn("mn40_as_ext(2)", "mn40_as_ext_mAP_486.pt", 4.0, None, note="file name says 0.486"),
+    _mn("mn40_as_ext(3)", "mn40_as_ext_mAP_485.pt", 4.0, None, note="file name says 0.485"),
+    _mn("mn40_as_no_im_pre", "mn40_as_no_im_pre_mAP_483.pt", 4.0, 0.483, note="no ImageNet pre-training"),
+    _mn("mn40_as_no_im_pre(2)", "mn40_as_no_im_pre_mAP_483(2).pt", 4.0, None, note="file name says 0.483"),
+    _mn("mn40_as_no_im_pre(3)", "mn40_as_no_im_pre_mAP_482.pt", 4.0, None, note="file name says 0.482"),
+    _mn("mn10_as_hop_5", "mn10_as_hop_5_mAP_475.pt", 1.0, None, hop_length=160, note="5 ms hop; file name says 0.475"),
+    _mn("mn10_as_hop_15", "mn10_as_hop_15_mAP_463.pt", 1.0, 0.463, hop_length=480),
+    _mn("mn10_as_hop_20", "mn10_as_hop_20_mAP_456.pt", 1.0, 0.456, hop_length=640),
+    _mn("mn10_as_hop_25", "mn10_as_hop_25_mAP_447.pt", 1.0, 0.447, hop_length=800),
+    _mn("mn10_as_mels_40", "mn10_as_mels_40_mAP_453.pt", 1.0, 0.453, n_mels=40),
+    _mn("mn10_as_mels_64", "mn10_as_mels_64_mAP_461.pt", 1.0, 0.461, n_mels=64),
+    _mn("mn10_as_mels_256", "mn10_as_mels_256_mAP_474.pt", 1.0, 0.474, n_mels=256),
+    _mn("mn10_as_fc", "mn10_as_fc_mAP_465.pt", 1.0, None, head="fully_convolutional", note="file name says 0.465"),
+    _mn("mn10_as_fc_s2221", "mn10_as_fc_s2221_mAP_466.pt", 1.0, None, head="fully_convolutional",
+        strides=(2, 2, 2, 1), note="file name says 0.466"),
+    _mn("mn10_as_fc_s2211", "mn10_as_fc_s2211_mAP_466.pt", 1.0, None, head="fully_convolutional",
+        strides=(2, 2, 1, 1), note="file name says 0.466"),
+)
+
+RELEASED: dict[str, ReleasedTeacher] = {spec.name: spec for spec in _RELEASED}
+
+
+@dataclass(frozen=True)
+class EnsemblePreset:
+    name: str
+    members: tuple[str, ...]
+    published_map: float | None
+    note: str = field(default="")
+
+
+ENSEMBLES: dict[str, EnsemblePreset] = {
+    "mn_ensemble": EnsemblePreset(
+        "mn_ensemble",
+        ("mn40_as", "mn40_as(2)", "mn40_as(3)", "mn40_as_ext", "mn40_as_ext(2)", "mn40_as_ext(3)",
+         "mn40_as_no_im_pre", "mn40_as_no_im_pre(2)", "mn40_as_no_im_pre(3)"),
+        0.498, "EfficientAT's 9-model logit average",
+    ),
+}
+
+
+def released(name: str) -> ReleasedTeacher:
+    """The registry entry of a released teacher; an unknown name lists the known ones."""
+    try:
+        return RELEASED[name]
+    except KeyError:
+        raise TeacherError(f"unknown teacher {name!r}; known: {', '.join(RELEASED)}, or ensembles "
+                           f"{', '.join(ENSEMBLES)}") from None
+
+
+def expand_names(names: list[str] | tuple[str, ...]) -> list[str]:
+    """Teacher names with ensemble presets replaced by their members (order kept)."""
+    out: list[str] = []
+    for name in names:
+        out.extend(ENSEMBLES[name].members if name in ENSEMBLES else [released(name).name])
+    return out
