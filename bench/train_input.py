@@ -8,8 +8,8 @@ stride 10/10 (1212 patches) for each r, on this machine's CPU threads. Without a
 step rate is estimated from the analytic FLOPs: 3 × forward FLOPs per clip (forward + backward)
 at an assumed bf16 model-FLOPs utilisation of the H100's dense peak.
 
-    python bench/train_input.py                       # defaults below
-    python bench/train_input.py --sizes tiny224 --r 0 8 16 32 --steps 3
+    python -m bench.train_input                       # defaults below (-m: bench/student.py would shadow the package)
+    python -m bench.train_input --sizes tiny224 --r 0 8 16 32 --steps 3
 """
 
 from __future__ import annotations
@@ -45,18 +45,22 @@ def write_clips(folder: Path, count: int, seconds: float, rate: int = 32000) -> 
     return folder / "bench.json", folder / "labels.csv"
 
 
-def input_rate(datafile: Path, labels: Path, items: int, mixup: float) -> float:
-    """Training items per second in this process (one thread)."""
+def input_rate(datafile: Path, labels: Path, items: int, mixup: float) -> tuple[float, float]:
+    """Training items per second in this process (one thread): (per wall second, per CPU second).
+
+    On a shared machine the wall rate drops with other load; the CPU-time rate is what one
+    dedicated core (a DataLoader worker on an otherwise idle host core) delivers.
+    """
     from pipeline.datafile import load_label_csv
     from pipeline.dataset import Augment, ClipDataset, Features, load_clip_list
 
     clips = load_clip_list(datafile, load_label_csv(labels))
     dataset = ClipDataset(clips, Features(1024, 128), Augment(mixup=mixup, freqm=48, timem=192))
     dataset[(0, 0)]  # warm-up: imports, resampling kernel
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for k in range(items):
         dataset[(k % len(clips), 1000 + k)]
-    return items / (time.perf_counter() - start)
+    return items / (time.perf_counter() - start), items / (time.process_time() - cpu_start)
 
 
 def step_rate(size: str, r: int, batch: int, steps: int) -> tuple[float, float]:
@@ -111,9 +115,11 @@ def main() -> None:
         plain = input_rate(datafile, labels, args.items, mixup=0.0)
         mixed = input_rate(datafile, labels, args.items, mixup=0.5)
         torch.set_num_threads(threads)
-    print(f"\ninput pipeline, one worker (1 thread), 10 s clips, SpecAugment 48/192:")
-    print(f"  no mixup:  {plain:7.1f} clips/s")
-    print(f"  mixup 0.5: {mixed:7.1f} clips/s   → {args.workers} workers ≈ {mixed * args.workers:7.0f} clips/s")
+    print("\ninput pipeline, one worker (1 thread), 10 s clips, SpecAugment 48/192 (clips/s per wall s, per CPU s):")
+    print(f"  no mixup:  {plain[0]:7.1f} {plain[1]:7.1f}")
+    print(f"  mixup 0.5: {mixed[0]:7.1f} {mixed[1]:7.1f}   → {args.workers} workers ≈ {mixed[1] * args.workers:7.0f} clips/s "
+          f"(CPU-time rate; {mixed[0] * args.workers:.0f} at this machine's wall rate)")
+    loader = mixed[1] * args.workers
 
     print(f"\ntraining step (fwd + bwd + Adam), stride 10/10, 1024 frames; H100 estimate at "
           f"{args.mfu:.0%} of {H100_BF16_DENSE_TFLOPS:.0f} TFLOPS bf16:")
@@ -127,7 +133,7 @@ def main() -> None:
             base = base or rate
             h100 = args.mfu * H100_BF16_DENSE_TFLOPS * 1e12 / (3 * gflops * 1e9)
             print(f"  {size:8s} {r:3d} {gflops:11.1f} {rate:11.2f} {rate / base:6.2f}x {h100:17.0f} "
-                  f"{mixed * args.workers / h100:10.2f}x")
+                  f"{loader / h100:10.2f}x")
 
 
 if __name__ == "__main__":

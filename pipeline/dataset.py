@@ -2,7 +2,8 @@
 
 Items follow AST's recipe: optional waveform mixup with a uniformly drawn partner (λ ~ Beta(10, 10),
 labels mixed with the same λ), SpecAugment before normalisation, optional noise and time roll
-after it. Teacher logits are looked up by clip id once, at construction, and held in one
+after it. Clips are mixed at their files' own rate and resampled to 16 kHz once: resampling is
+linear, so this is the same mix as AST's (which mixes 16 kHz files) for half the resampling work. Teacher logits are looked up by clip id once, at construction, and held in one
 shared-memory tensor; the KD target is mixed in the loss from the clip's and the partner's
 teacher probabilities (see student.kd).
 
@@ -231,15 +232,18 @@ class ClipDataset(torch.utils.data.Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         augment = self.augment if seed is not None else Augment()
         rng = np.random.default_rng(seed if seed is not None else index)
-        wave = self.load_wave(index)
+        wave, rate = self.load_wave(index)
         target = self.clips.multi_hot(index)
         lam, partner = 1.0, index
         if augment.mixup > 0 and rng.random() < augment.mixup:
             partner = int(rng.integers(len(self.clips)))
             lam = float(rng.beta(MIXUP_BETA, MIXUP_BETA))
-            wave = mix_waves(wave, self.load_wave(partner), lam)
+            other, other_rate = self.load_wave(partner)
+            if other_rate != rate:
+                other = resample_wave(other, other_rate, rate)
+            wave = mix_waves(wave - wave.mean(), other - other.mean(), lam)
             target = lam * target + (1.0 - lam) * self.clips.multi_hot(partner)
-        fbank = self.fbank(wave, augment, rng)
+        fbank = self.fbank(resample_wave(wave, rate, SAMPLE_RATE), augment, rng)
         return {
             "fbank": fbank,
             "target": torch.from_numpy(target.astype(np.float32)),
@@ -248,19 +252,18 @@ class ClipDataset(torch.utils.data.Dataset):
             "index": torch.tensor(index, dtype=torch.int64),
         }
 
-    def load_wave(self, index: int) -> torch.Tensor:
-        """The clip as a mean-free mono 16 kHz waveform."""
+    def load_wave(self, index: int) -> tuple[torch.Tensor, int]:
+        """The clip as a mono waveform at its file's own rate (resampled once, after any mixing)."""
         from pipeline.audio import read_audio
 
         path = self.clips.paths[index]
         try:
-            audio, _ = read_audio(path, SAMPLE_RATE)
+            audio, rate = read_audio(path)
         except FatError as exc:
             raise FatError(f"clip {self.clips.ids[index]} of {self.clips.source}: {exc}") from None
-        if audio.size < 400:
+        if audio.size < rate * 0.025:
             raise FatError(f"{path}: clip {self.clips.ids[index]} is shorter than one 25 ms frame")
-        wave = torch.from_numpy(audio)
-        return wave - wave.mean()
+        return torch.from_numpy(audio), rate
 
     def fbank(self, wave: torch.Tensor, augment: Augment, rng: np.random.Generator) -> torch.Tensor:
         from student.features import kaldi_fbank, normalize, spec_augment
@@ -289,6 +292,15 @@ class ClipDataset(torch.utils.data.Dataset):
             "partner_teacher": self.teacher.logits[partner].float(),
             "partner_mask": self.teacher.present[partner].clone(),
         }
+
+
+def resample_wave(wave: torch.Tensor, rate: int, new_rate: int) -> torch.Tensor:
+    """Band-limited resampling (pipeline.audio's), then the mean removed (AST centres every waveform)."""
+    from pipeline.audio import resample
+
+    if rate != new_rate:
+        wave = torch.from_numpy(np.ascontiguousarray(resample(wave.numpy(), rate, new_rate)))
+    return wave - wave.mean()
 
 
 def mix_waves(first: torch.Tensor, second: torch.Tensor, lam: float) -> torch.Tensor:

@@ -113,6 +113,7 @@ def test_missing_teacher_rows_error_by_default_and_mask_trains(task, tmp_path, c
 
 
 def test_single_label_cross_entropy_with_kd_reports_accuracy(tmp_path):
+    """Also runs bf16 autocast on the CPU, balanced sampling and gradient clipping."""
     task = make_task(tmp_path, n_train=12, n_valid=6, num_classes=3, seed=5)
     for split in (task.train, task.valid):  # keep one label per clip
         data = json.loads(split.read_text())
@@ -124,7 +125,8 @@ def test_single_label_cross_entropy_with_kd_reports_accuracy(tmp_path):
     out = tmp_path / "ce"
     assert main(["train", "--train", str(task.train), "--valid", str(task.valid), "--teacher", str(store), *TINY,
                  "--out", str(out), "--loss", "ce", "--kd-lambda", "0.5", "--kd-temperature", "2", "--epochs", "1",
-                 "--batch-size", "6", "--no-wa", "--noise", "--time-shift", "5"]) == 0
+                 "--batch-size", "6", "--no-wa", "--noise", "--time-shift", "5", "--amp", "bf16", "--balanced",
+                 "--grad-clip", "1.0"]) == 0
     row = read_csv(out / "epochs.csv")[0]
     assert 0.0 <= float(row["valid/accuracy"]) <= 1.0 and float(row["train/kd"]) > 0
 
