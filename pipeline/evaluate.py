@@ -70,9 +70,13 @@ def resolve_device(name: str) -> str:
 
 
 def resolve_precision(name: str, device: str) -> str:
-    """'auto' → fp16 autocast on CUDA, fp32 elsewhere (CPU autocast is usually slower)."""
+    """'auto' → bf16 autocast on GPUs that have it (else fp16), fp32 on CPU (CPU autocast is usually slower)."""
     if name == "auto":
-        return "fp16" if device.startswith("cuda") else "fp32"
+        if not device.startswith("cuda"):
+            return "fp32"
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if name == "fp16" and not device.startswith("cuda"):
         raise FatError("--precision fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
     return name
@@ -359,12 +363,9 @@ class EvalRequest:
 
 def norm_from_config(config: dict[str, Any]) -> tuple[float, float]:
     """The fbank (mean, std) the student was trained with, from its checkpoint config."""
-    for mean_key, std_key in (("norm_mean", "norm_std"), ("mean", "std")):
-        if mean_key in config and std_key in config:
-            return float(config[mean_key]), float(config[std_key])
-    if isinstance(config.get("norm"), (list, tuple)) and len(config["norm"]) == 2:
-        return float(config["norm"][0]), float(config["norm"][1])
-    raise FatError("the student checkpoint does not record its fbank normalisation (norm_mean / norm_std)")
+    if "norm_mean" not in config or "norm_std" not in config:
+        raise FatError("the student checkpoint does not record its fbank normalisation (norm_mean / norm_std)")
+    return float(config["norm_mean"]), float(config["norm_std"])
 
 
 def load_eval_set(request: EvalRequest) -> tuple[Any, Any, np.ndarray]:
@@ -393,8 +394,8 @@ def _loader(clips: Any, config: dict[str, Any], batch_size: int, workers: int) -
     from pipeline.dataset import ClipDataset, Features
 
     mean, std = norm_from_config(config)
-    features = Features(target_frames=int(config["input_tdim"]), num_mel_bins=int(config.get("input_fdim", 128)),
-                        mean=mean, std=std)
+    features = Features(target_frames=int(config.get("target_frames", config["input_tdim"])),
+                        num_mel_bins=int(config.get("num_mel_bins", config.get("input_fdim", 128))), mean=mean, std=std)
     return DataLoader(ClipDataset(clips, features), batch_size=batch_size, shuffle=False, num_workers=workers)
 
 

@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--timed-batches", type=int, default=5, help="timed batches per r (count)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                        help="autocast precision; auto = fp16 on CUDA, fp32 on CPU")
+                        help="autocast precision; auto = bf16 on GPUs that support it, else fp16; fp32 on CPU")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for audio decoding (0: in-process)")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N clips (default: all)")
