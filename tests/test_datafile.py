@@ -1,0 +1,130 @@
+"""Datafile and label-CSV reading/writing: AST's own files load unchanged; problems name file and entry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.datafile import (
+    DatafileEntry, LabelSet, load_datafile, load_label_csv, wav_reference, write_datafile, write_label_csv,
+)
+from pipeline.errors import FatError
+
+AST_LABEL_CSV = 'index,mid,display_name\n0,/m/09x0r,"Speech"\n1,/m/05zppz,"Male speech, man speaking"\n2,/m/07rwj00,"Dog"\n'
+
+
+@pytest.fixture()
+def labels(tmp_path: Path) -> LabelSet:
+    path = tmp_path / "class_labels_indices.csv"
+    path.write_text(AST_LABEL_CSV)
+    return load_label_csv(path)
+
+
+def test_label_csv_reads_classes_names_and_hash(labels: LabelSet) -> None:
+    assert labels.mids == ("/m/09x0r", "/m/05zppz", "/m/07rwj00")
+    assert labels.names[1] == "Male speech, man speaking"
+    assert len(labels) == 3 and labels.index_of("/m/07rwj00") == 2 and "/m/09x0r" in labels
+    import hashlib
+    assert labels.sha256 == hashlib.sha256(AST_LABEL_CSV.encode()).hexdigest()
+    with pytest.raises(FatError, match="no class '/m/nope'"):
+        labels.index_of("/m/nope")
+
+
+def test_label_csv_written_is_read_back_identically(tmp_path: Path, labels: LabelSet) -> None:
+    written = write_label_csv(tmp_path / "copy.csv", labels.mids, labels.names)
+    assert (tmp_path / "copy.csv").read_text() == AST_LABEL_CSV  # AudioSet's own quoting
+    assert written.mids == labels.mids and written.names == labels.names and written.sha256 == labels.sha256
+
+
+def test_bad_label_csv_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("index,mid,display_name\n0,/m/a,A\n2,/m/b,B\n")
+    with pytest.raises(FatError, match=r"bad\.csv:3"):
+        load_label_csv(path)
+    with pytest.raises(FatError, match="no such label CSV"):
+        load_label_csv(tmp_path / "absent.csv")
+
+
+def test_ast_datafile_with_absolute_paths_and_no_ids_loads_unchanged(tmp_path: Path, labels: LabelSet) -> None:
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for name in ("a", "b"):
+        (audio / f"{name}.flac").write_bytes(b"x")
+    # The shape of AST's shipped sample (leading '#' comment line, extra keys, absolute paths).
+    document = {"data": [
+        {"video_id": "a", "wav": str(audio / "a.flac"), "labels": "/m/09x0r,/m/05zppz"},
+        {"video_id": "b", "wav": str(audio / "b.flac"), "labels": "/m/07rwj00"},
+    ]}
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    path = lists / "train.json"
+    path.write_text("# AST sample datafile\n" + json.dumps(document, indent=1))
+    data = load_datafile(path, labels)
+    assert len(data) == 2
+    assert list(data.paths) == [str(audio / "a.flac"), str(audio / "b.flac")]
+    assert list(data.ids) == ["../audio/a", "../audio/b"]  # relative path without extension
+    assert data.labels[0] == ("/m/09x0r", "/m/05zppz")
+    np.testing.assert_array_equal(data.multi_hot(0, labels), [1, 1, 0])
+    np.testing.assert_array_equal(data.class_indices(1), [2])
+    data.check_files_exist()
+
+
+def test_relative_paths_resolve_against_the_datafile_folder(tmp_path: Path, labels: LabelSet) -> None:
+    folder = tmp_path / "data" / "datafiles"
+    entries = [DatafileEntry("-0Qx2kCxA7s", wav_reference(tmp_path / "data/audio/eval/-0Qx2kCxA7s.wav", folder),
+                             ("/m/09x0r",))]
+    assert entries[0].wav == "../audio/eval/-0Qx2kCxA7s.wav"
+    assert write_datafile(folder / "eval.json", entries) == 1
+    document = json.loads((folder / "eval.json").read_text())
+    assert document == {"data": [{"wav": "../audio/eval/-0Qx2kCxA7s.wav", "labels": "/m/09x0r", "id": "-0Qx2kCxA7s"}]}
+    data = load_datafile(folder / "eval.json")
+    assert data.ids[0] == "-0Qx2kCxA7s"
+    assert data.paths[0] == str(tmp_path / "data/audio/eval/-0Qx2kCxA7s.wav")
+    with pytest.raises(FatError, match=r"1 of 1 audio files are missing:\n  -0Qx2kCxA7s: "):
+        data.check_files_exist()
+    with pytest.raises(FatError, match="label CSV is needed"):
+        data.multi_hot(0)
+    np.testing.assert_array_equal(data.multi_hot(0, labels), [1, 0, 0])
+
+
+def test_empty_datafile_is_valid_json(tmp_path: Path) -> None:
+    assert write_datafile(tmp_path / "none.json", []) == 0
+    assert json.loads((tmp_path / "none.json").read_text()) == {"data": []}
+    assert len(load_datafile(tmp_path / "none.json")) == 0
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("{not json", r"bad\.json:1: not valid JSON"),
+    ('{"rows": []}', "expected an AST datafile"),
+    ('{"data": [{"labels": "/m/09x0r"}]}', 'entry 0 has no "wav" path'),
+    ('{"data": [{"wav": "a.wav", "labels": "/m/09x0r", "id": "x"}, {"wav": "b.wav", "id": "y"}]}',
+     r'entry 1 \(id y\) has no "labels" string'),
+    ('{"data": [{"wav": "a.wav", "labels": "/m/09x0r", "id": "x"}, {"wav": "b.wav", "labels": "", "id": "x"}]}',
+     "entry 1: id 'x' repeats entry 0"),
+    ('{"data": [{"wav": "a.wav", "labels": "/m/09x0r"}, {"wav": "./a.wav", "labels": ""}]}',
+     "entry 1: id 'a' repeats entry 0"),
+    ('{"data": [{"wav": "a.wav", "labels": "/m/09x0r,/m/unknown", "id": "x"}]}',
+     r"entry 0 \(id x\): label '/m/unknown' is not in"),
+])
+def test_bad_datafiles_name_file_and_entry(tmp_path: Path, labels: LabelSet, text: str, message: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(FatError, match=message):
+        load_datafile(path, labels)
+
+
+def test_write_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    path = tmp_path / "d.json"
+    path.write_text('{"data": []}')
+
+    def failing():
+        yield DatafileEntry("a", "a.wav", ())
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        write_datafile(path, failing())
+    assert path.read_text() == '{"data": []}'  # the old file is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["d.json"]
