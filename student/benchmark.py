@@ -1,9 +1,9 @@
 """Throughput of an AST at several merge rates, measured the same way for every setting.
 
-Settings are timed round-robin (one batch each per round, median over rounds), so that load
-from other work on a shared machine hits every setting alike and the ratios stay fair. The
-"timm" row runs timm's own `VisionTransformer.forward_features` on the same weights: the
-baseline that token merging has to beat.
+Settings are timed round-robin (one batch each per round, the order rotated every round, median
+over rounds), so that load from other work on a shared machine hits every setting alike and the
+ratios stay fair. The "timm" row runs timm's own `VisionTransformer.forward_features` on the
+same weights: the baseline that token merging has to beat.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 class Row:
     name: str  # "timm" or "r=<spec>"
     r: RSpec | None
-    seconds: float  # median seconds per batch
+    seconds: float  # median wall-clock seconds per batch
     clips_per_s: float
+    cpu_seconds: float  # median CPU seconds of this process per batch: robust to other load on a shared CPU
     gflops: float  # analytic, per clip
     tokens_out: int  # tokens after the last block
 
@@ -59,18 +60,21 @@ def sweep(model: ASTModel, rs: list[RSpec], batch: int = 8, rounds: int = 3, war
     settings: list[tuple[str, RSpec | None]] = [("timm", None)] if include_timm else []
     settings += [(f"r={format_r_spec(r)}", r) for r in rs]
     times: dict[str, list[float]] = {name: [] for name, _ in settings}
+    cpu_times: dict[str, list[float]] = {name: [] for name, _ in settings}
     try:
         with torch.inference_mode(), autocast:
             for round_index in range(warmup + rounds):
-                for name, r in settings:
+                shift = round_index % len(settings)  # rotate the order: no setting always runs first
+                for name, r in settings[shift:] + settings[:shift]:
                     if r is not None:
                         set_tome_r(model, r)
                     _synchronize(device)
-                    start = time.perf_counter()
+                    start, cpu_start = time.perf_counter(), time.process_time()
                     (timm_forward(model, x) if r is None else model(x))
                     _synchronize(device)
                     if round_index >= warmup:
                         times[name].append(time.perf_counter() - start)
+                        cpu_times[name].append(time.process_time() - cpu_start)
                 if progress:
                     progress(f"round {round_index + 1}/{warmup + rounds} done")
     finally:
@@ -81,19 +85,27 @@ def sweep(model: ASTModel, rs: list[RSpec], batch: int = 8, rounds: int = 3, war
     for name, r in settings:
         seconds = statistics.median(times[name])
         effective_r = 0 if r is None else r
-        rows.append(Row(name, r, seconds, batch / seconds, analytic_gflops(model, effective_r),
+        rows.append(Row(name, r, seconds, batch / seconds, statistics.median(cpu_times[name]),
+                        analytic_gflops(model, effective_r),
                         tokens_per_layer(model, effective_r)[-1]))
     return rows
 
 
 def table(rows: list[Row], reference: str = "r=0") -> str:
-    """A markdown table; speed-ups and FLOP ratios are relative to the `reference` row."""
+    """A markdown table; speed-ups and FLOP ratios are relative to the `reference` row.
+
+    "CPU speed-up" compares this process's CPU seconds per batch: on a CPU shared with other work
+    it is the steadier figure (with one thread it is the work done, whoever else runs).
+    """
     base = next((row for row in rows if row.name == reference), rows[0])
-    lines = ["| setting | tokens out | GFLOPs/clip | FLOPs ratio | clips/s | speed-up | speed-up / FLOPs ratio |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| setting | tokens out | GFLOPs/clip | FLOPs ratio | clips/s | speed-up | CPU s/batch | CPU speed-up "
+             "| speed-up / FLOPs ratio (wall, CPU) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         flops_ratio = base.gflops / row.gflops
         speedup = row.clips_per_s / base.clips_per_s
+        cpu_speedup = base.cpu_seconds / row.cpu_seconds
         lines.append(f"| {row.name} | {row.tokens_out} | {row.gflops:.1f} | {flops_ratio:.2f}× | "
-                     f"{row.clips_per_s:.2f} | {speedup:.2f}× | {speedup / flops_ratio:.2f} |")
+                     f"{row.clips_per_s:.3g} | {speedup:.2f}× | {row.cpu_seconds:.3g} | {cpu_speedup:.2f}× | "
+                     f"{speedup / flops_ratio:.2f}, {cpu_speedup / flops_ratio:.2f} |")
     return "\n".join(lines)

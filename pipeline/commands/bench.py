@@ -127,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
             "model": config, "batch": args.batch, "dtype": args.dtype, "device": str(device),
             "threads": torch.get_num_threads(), "machine": platform.machine(), "torch": torch.__version__,
             "rows": [{"setting": row.name, "r": None if row.r is None else format_r_spec(row.r),
-                      "seconds_per_batch": row.seconds, "clips_per_s": row.clips_per_s, "gflops_per_clip": row.gflops, "tokens_out": row.tokens_out}
+                      "seconds_per_batch": row.seconds, "cpu_seconds_per_batch": row.cpu_seconds,
+                      "clips_per_s": row.clips_per_s, "gflops_per_clip": row.gflops, "tokens_out": row.tokens_out}
                      for row in rows],
         })
     return 0
