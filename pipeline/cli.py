@@ -20,6 +20,7 @@ from pipeline.errors import FatError
 COMMANDS: tuple[str, ...] = (
     "metadata",
     "download",
+    "validate",
     "stats",
     "train",
     "evaluate",

@@ -181,13 +181,21 @@ class Datafile:
         return labels.index_of(mid)
 
 
-def load_datafile(path: str | Path, labels: LabelSet | None = None) -> Datafile:
-    """Read an AST datafile; with `labels`, every MID is checked against them and encoded.
+@dataclass
+class RawEntries:
+    """A datafile's entries exactly as listed (repeated ids kept): for `fat validate`, which reports them."""
 
-    FatErrors name the datafile and the entry (number and id): not JSON, no "data" list, an entry
-    without a "wav" string or "labels" string, an empty or repeated id, an unknown MID.
-    Leading `#` comment lines (as in AST's shipped sample file) are tolerated.
-    """
+    source: Path
+    ids: np.ndarray  # (N,) object array of str
+    paths: np.ndarray  # (N,) object array of absolute path str
+    label_strings: np.ndarray  # (N,) object array of str
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def read_entries(path: str | Path) -> RawEntries:
+    """Parse an AST datafile into columns without judging ids or labels (see load_datafile)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -207,17 +215,29 @@ def load_datafile(path: str | Path, labels: LabelSet | None = None) -> Datafile:
     ids = np.empty(count, dtype=object)
     paths = np.empty(count, dtype=object)
     joined = np.empty(count, dtype=object)
-    seen: dict[str, int] = {}
     for i, entry in enumerate(entries):
         wav, label_text, clip_id = _entry_fields(path, i, entry)
         absolute = os.path.normpath(os.path.join(folder, wav))
         if clip_id is None:
             clip_id = os.path.splitext(os.path.relpath(absolute, folder))[0]
-        if clip_id in seen:
-            raise FatError(f"{path}: entry {i}: id {clip_id!r} repeats entry {seen[clip_id]}")
-        seen[clip_id] = i
         ids[i], paths[i], joined[i] = clip_id, absolute, label_text
-    data = Datafile(path, ids, paths, joined, labels)
+    return RawEntries(path, ids, paths, joined)
+
+
+def load_datafile(path: str | Path, labels: LabelSet | None = None) -> Datafile:
+    """Read an AST datafile; with `labels`, every MID is checked against them and encoded.
+
+    FatErrors name the datafile and the entry (number and id): not JSON, no "data" list, an entry
+    without a "wav" string or "labels" string, an empty or repeated id, an unknown MID.
+    Leading `#` comment lines (as in AST's shipped sample file) are tolerated.
+    """
+    raw = read_entries(path)
+    seen: dict[str, int] = {}
+    for i, clip_id in enumerate(raw.ids):
+        if clip_id in seen:
+            raise FatError(f"{raw.source}: entry {i}: id {clip_id!r} repeats entry {seen[clip_id]}")
+        seen[clip_id] = i
+    data = Datafile(raw.source, raw.ids, raw.paths, raw.label_strings, labels)
     if labels is not None:
         data.class_flat, data.class_offsets = _encode_classes(data, labels)
     return data

@@ -1,0 +1,258 @@
+"""`fat validate`'s run: stream the clips through worker processes, keep input order, write the outputs.
+
+Clips go to the workers in small batches with a bounded number in flight, and the results come
+back in input order: the datafile and the rejection report are written as they arrive (both to
+temporary names, renamed at the end), so memory stays bounded by the input columns whatever the
+corpus size. Nothing is deleted or moved: a rejected clip stays where it is and is listed.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import logging
+import math
+import multiprocessing
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from pipeline.atomic import atomic_path, write_bytes_atomic, write_json_atomic
+from pipeline.datafile import LABEL_CSV_NAME, DatafileEntry, LabelSet, load_label_csv, split_labels, wav_reference, write_datafile
+from pipeline.errors import FatError
+from pipeline.validate.checks import PASS, REASONS, Thresholds, Verdict, check_file
+
+log = logging.getLogger(__name__)
+
+REPORT_COLUMNS = ("id", "path", "reason", "detail")
+
+
+@dataclass(frozen=True)
+class ClipSource:
+    """The clips to check, as columns in input order. windows: expected seconds (NaN: none)."""
+
+    name: str
+    ids: np.ndarray
+    paths: np.ndarray
+    label_strings: np.ndarray
+    windows: np.ndarray
+    ids_unique: bool = False  # already guaranteed by the reader (metadata CSVs)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def source_from_metadata(csv_path: str | Path, audio_dir: str | Path) -> ClipSource:
+    """A split's metadata CSV: audio at `<audio_dir>/<ytid>.wav`, windows end − start."""
+    from pipeline.metadata import read_metadata_csv
+
+    frame = read_metadata_csv(csv_path)
+    ids = frame["ytid"].to_numpy(dtype=object)
+    folder = str(audio_dir)
+    paths = np.array([os.path.join(folder, f"{ytid}.wav") for ytid in ids], dtype=object)
+    windows = (frame["end_seconds"] - frame["start_seconds"]).to_numpy(dtype=np.float64)
+    return ClipSource(str(csv_path), ids, paths, frame["positive_labels"].to_numpy(dtype=object), windows, True)
+
+
+def source_from_datafile(path: str | Path, window_seconds: float | None = None) -> ClipSource:
+    """An AST datafile (repeated ids kept, to be reported); every clip gets `window_seconds` if given."""
+    from pipeline.datafile import read_entries
+
+    raw = read_entries(path)
+    window = math.nan if window_seconds is None else float(window_seconds)
+    return ClipSource(str(path), raw.ids, raw.paths, raw.label_strings, np.full(len(raw), window))
+
+
+@dataclass
+class ValidateSettings:
+    split: str
+    source: ClipSource
+    labels: Path
+    out_dir: Path = Path("data/datafiles")
+    report_dir: Path = Path("data/reports")
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    workers: int = 2
+    batch_size: int = 64
+    progress: bool = False
+    absolute_paths: bool = False
+    input_path: Path | None = None  # a datafile input, which must not be overwritten
+
+    @property
+    def datafile(self) -> Path:
+        return self.out_dir / f"{self.split}.json"
+
+    @property
+    def report(self) -> Path:
+        return self.report_dir / f"{self.split}.rejected.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.report_dir / f"{self.split}.validate.json"
+
+
+def run_validate(settings: ValidateSettings) -> dict[str, Any]:
+    """Check every clip; write the datafile, the label CSV, the rejection report and the summary."""
+    try:
+        settings.thresholds.check()
+    except ValueError as exc:
+        raise FatError(f"thresholds: {exc}") from None
+    if settings.workers < 1 or settings.batch_size < 1:
+        raise FatError("--workers and --batch-size must be ≥ 1")
+    if not settings.split or os.sep in settings.split or settings.split.startswith("."):
+        raise FatError(f"--split {settings.split!r}: must be a plain name (it names the output files)")
+    if settings.input_path is not None and _same_file(settings.input_path, settings.datafile):
+        raise FatError(f"{settings.input_path}: the input datafile would be overwritten by the output; "
+                       "choose another --out-dir or --split")
+    labels = load_label_csv(settings.labels)
+    source = settings.source
+    counts = dict.fromkeys(REASONS, 0)
+    passed_seconds = 0.0
+    started = time.perf_counter()
+    progress = _progress_bar(len(source), settings.split, settings.progress)
+    verdicts = _verdicts(source, labels, settings)
+
+    def accepted_entries(report: Any) -> Iterator[DatafileEntry]:
+        nonlocal passed_seconds
+        for i, verdict in verdicts:
+            progress.update(1)
+            if verdict.reason == PASS:
+                passed_seconds += verdict.seconds
+                yield DatafileEntry(source.ids[i], wav_reference(source.paths[i], settings.out_dir, settings.absolute_paths),
+                                    split_labels(source.label_strings[i]))
+            else:
+                counts[verdict.reason] += 1
+                report.writerow((source.ids[i], source.paths[i], verdict.reason, verdict.detail))
+
+    try:
+        with atomic_path(settings.report) as report_tmp, open(report_tmp, "w", encoding="utf-8", newline="") as handle:
+            report = csv.writer(handle, lineterminator="\n")
+            report.writerow(REPORT_COLUMNS)
+            passed = write_datafile(settings.datafile, accepted_entries(report))
+    finally:
+        progress.close()
+    _copy_label_csv(settings.labels, settings.out_dir / LABEL_CSV_NAME)
+    seconds = time.perf_counter() - started
+    summary = {
+        "split": settings.split,
+        "input": source.name,
+        "clips": len(source),
+        "passed": passed,
+        "rejected": len(source) - passed,
+        "reasons": counts,
+        "passed_audio_hours": round(passed_seconds / 3600, 4),
+        "seconds": round(seconds, 3),
+        "files_per_second": round(len(source) / seconds, 1) if seconds > 0 else None,
+        "workers": settings.workers,
+        "thresholds": asdict(settings.thresholds),
+    }
+    write_json_atomic(settings.summary, summary)
+    return summary
+
+
+def _verdicts(source: ClipSource, labels: LabelSet, settings: ValidateSettings) -> Iterator[tuple[int, Verdict]]:
+    """(input position, verdict) of every clip, in input order."""
+    check = functools.partial(check_batch, limits=settings.thresholds)
+    seen: set[str] | None = None if source.ids_unique else set()
+    batches = _batches(source, labels, settings.batch_size, seen)
+    for (positions, decided), results in ordered_map(check, batches, settings.workers):
+        results_iter = iter(results)
+        for i in positions:
+            yield i, decided[i] if i in decided else next(results_iter)
+
+
+Batch = tuple[tuple[range, dict[int, Verdict]], list[tuple[str, float]]]
+
+
+def _batches(source: ClipSource, labels: LabelSet, size: int, seen: set[str] | None) -> Iterator[Batch]:
+    """Runs of clips: those decided without opening a file (ids, labels) and the file tasks of the rest."""
+    for start in range(0, len(source), size):
+        positions = range(start, min(start + size, len(source)))
+        decided: dict[int, Verdict] = {}
+        tasks: list[tuple[str, float]] = []
+        for i in positions:
+            verdict = _label_verdict(source, labels, i, seen)
+            if verdict is None:
+                tasks.append((source.paths[i], float(source.windows[i])))
+            else:
+                decided[i] = verdict
+        yield (positions, decided), tasks
+
+
+def _label_verdict(source: ClipSource, labels: LabelSet, i: int, seen: set[str] | None) -> Verdict | None:
+    if seen is not None:
+        clip_id = source.ids[i]
+        if clip_id in seen:
+            return Verdict("duplicate-id", f"id {clip_id} is listed more than once", 0.0)
+        seen.add(clip_id)
+    mids = split_labels(source.label_strings[i])
+    if not mids:
+        return Verdict("no-labels", "empty label list", 0.0)
+    unknown = [mid for mid in mids if mid not in labels]
+    if unknown:
+        return Verdict("unknown-label", f"{','.join(unknown)} not in {labels.path.name if labels.path else 'the label CSV'}", 0.0)
+    return None
+
+
+def check_batch(tasks: list[tuple[str, float]], limits: Thresholds) -> list[Verdict]:
+    """Run in a worker: the verdicts of a batch of (path, window seconds)."""
+    return [check_file(path, window, limits) for path, window in tasks]
+
+
+Meta = TypeVar("Meta")
+Result = TypeVar("Result")
+
+
+def ordered_map(work: Callable[[Any], Result], items: Iterable[tuple[Meta, Any]], workers: int,
+                per_worker: int = 4) -> Iterator[tuple[Meta, Result]]:
+    """(meta, work(payload)) for each (meta, payload), in input order, at most workers·per_worker in flight.
+
+    Items are drawn from `items` only as results are taken, so a huge input is never all queued.
+    workers = 1 runs in this process.
+    """
+    if workers <= 1:
+        for meta, payload in items:
+            yield meta, work(payload)
+        return
+    # forkserver: workers start clean (no inherited threads or locks from a busy parent).
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"))
+    pending: deque[tuple[Meta, Future[Result]]] = deque()
+    try:
+        for meta, payload in items:
+            pending.append((meta, pool.submit(work, payload)))
+            if len(pending) >= workers * per_worker:
+                first, future = pending.popleft()
+                yield first, future.result()
+        while pending:
+            first, future = pending.popleft()
+            yield first, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _progress_bar(total: int, split: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"validate {split}", unit="clip", disable=not enabled, file=sys.stderr,
+                mininterval=0.5, smoothing=0.1)
+
+
+def _copy_label_csv(source: Path, destination: Path) -> None:
+    data = source.read_bytes()
+    if _same_file(source, destination) or (destination.is_file() and destination.read_bytes() == data):
+        return
+    write_bytes_atomic(destination, data)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
