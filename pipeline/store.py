@@ -330,6 +330,7 @@ class LogRecord:
     ids: list[str]
     logits: np.ndarray  # (len(ids), C) in the store dtype
     failed: dict[str, str] = field(default_factory=dict)
+    stamp: int = 0  # when it was written (ns): a batch computed again supersedes its older records
 
 
 class WorkLog:
@@ -373,7 +374,8 @@ class WorkLog:
                 except (ValueError, KeyError, TypeError):
                     return
                 offset += _HEADER.size + meta_len + payload_len
-                yield LogRecord(int(meta["batch"]), list(meta["ids"]), logits, dict(meta.get("failed", {}))), offset
+                yield LogRecord(int(meta["batch"]), list(meta["ids"]), logits, dict(meta.get("failed", {})),
+                                int(meta.get("stamp", 0))), offset
 
     def open_for_append(self) -> None:
         """Drop a torn tail left by a crash, so new records follow the last intact one."""
@@ -388,7 +390,7 @@ class WorkLog:
         """Write one record and fsync it: once this returns, the batch survives a crash."""
         logits = np.ascontiguousarray(record.logits)
         meta = json.dumps({
-            "batch": record.batch, "ids": record.ids, "failed": record.failed,
+            "batch": record.batch, "ids": record.ids, "failed": record.failed, "stamp": record.stamp,
             "dtype": logits.dtype.str, "shape": list(logits.shape),
         }).encode("utf-8")
         body = meta + logits.tobytes()

@@ -116,6 +116,32 @@ def checkpoint_classes(state: dict[str, Tensor]) -> int | None:
     return None
 
 
+@torch.no_grad()
+def calibrate_batchnorm(model: MobileNetAudio, frontend: MelFrontEnd, generator: torch.Generator,
+                        clips: int = 6, seconds: float = 0.5) -> None:
+    """Give a freshly initialised network BatchNorm statistics of real-looking input.
+
+    With the initial statistics (mean 0, variance 1) an untrained network's activations fade
+    to ~1e-8 in eval mode and every clip gets the same logits; measured statistics keep a
+    random teacher's logits varied, which is all the demo and the tests need of it.
+    """
+    samples = int(seconds * frontend.cfg.sample_rate)
+    gains = torch.logspace(-2, 0, clips)[:, None]
+    noise = torch.randn(clips, samples, generator=generator).cumsum(dim=1)  # red noise: energy at low bands
+    noise = noise - noise.mean(dim=1, keepdim=True)
+    noise = noise / noise.abs().amax(dim=1, keepdim=True) + 0.1 * torch.randn(clips, samples, generator=generator)
+    mel = frontend.eval()(gains * noise).unsqueeze(1)
+    momenta = {m: m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    for module in momenta:
+        module.reset_running_stats()
+        module.momentum = None  # cumulative average over the calibration batch
+    model.train()
+    model(mel)
+    for module, momentum in momenta.items():
+        module.momentum = momentum
+    model.eval()
+
+
 def load_teacher(
     name: str,
     checkpoint: str | Path | None = None,
@@ -138,6 +164,7 @@ def load_teacher(
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         model = MobileNetAudio(spec.model_config(classes))
+        calibrate_batchnorm(model, frontend, torch.Generator().manual_seed(seed))
         torch.random.set_rng_state(generator_state)
         log.warning("!!! %s", RANDOM_INIT_WARNING.format(name=name))
         file, digest = None, None
