@@ -21,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "metadata",
     "download",
     "validate",
+    "logits",
     "stats",
     "train",
     "evaluate",
