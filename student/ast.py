@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 from timm.layers import trunc_normal_
 from timm.models.deit import VisionTransformerDistilled
@@ -151,9 +152,21 @@ class ASTModel(nn.Module):
                 return checkpoint_seq(self.v.blocks, x), None
             return self.v.blocks(x), None
         state = tome_lib.MergeState.start(x, trace=trace)
+        checkpointed = self.v.grad_checkpointing and self.training and torch.is_grad_enabled() and not trace
         for block, r in zip(self.v.blocks, self.tome_r):
-            x = tome_lib.tome_block(block, x, r, state, prop_attn=self.tome_prop_attn)
+            if checkpointed:  # recomputation must see this block's input sizes, so pass them explicitly
+                x, state.size = torch.utils.checkpoint.checkpoint(
+                    self._tome_block_sized, block, x, state.size, r, use_reentrant=False)
+                state.tokens.append(x.shape[1])
+            else:
+                x = tome_lib.tome_block(block, x, r, state, prop_attn=self.tome_prop_attn)
         return x, state
+
+    def _tome_block_sized(self, block: nn.Module, x: torch.Tensor, size: torch.Tensor | None,
+                          r: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        state = tome_lib.MergeState(size=size)
+        x = tome_lib.tome_block(block, x, r, state, prop_attn=self.tome_prop_attn)
+        return x, state.size
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         x = self.v.norm(x)

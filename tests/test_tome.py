@@ -173,3 +173,21 @@ def test_analytic_flops_shrink_with_r_and_match_the_formula(model) -> None:
     assert analytic_gflops(model, 0) == pytest.approx(expected)
     flops = [analytic_gflops(model, r) for r in (0, 4, 8, 16)]
     assert flops == sorted(flops, reverse=True) and len(set(flops)) == 4
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_with_merging() -> None:
+    torch.manual_seed(0)
+    model = create_ast("tiny224", num_classes=4, input_tdim=64)  # dropout-free: recomputation is exact
+    x = torch.randn(2, 64, 128)
+    set_tome_r(model, 6)
+    grads = []
+    for checkpointing in (False, True):
+        model.set_grad_checkpointing(checkpointing)
+        model.zero_grad()
+        model(x).square().sum().backward()
+        grads.append(model.v.blocks[0].attn.qkv.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    model.set_grad_checkpointing(True)
+    _, state = model.forward_traced(x)  # tracing is never checkpointed: owners stay right
+    assert state.tokens == tokens_per_layer(model, 6)
+    assert torch.equal(torch.bincount(state.owner[0]).float(), state.size[0, :, 0].detach())
