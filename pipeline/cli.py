@@ -21,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "metadata",
     "download",
     "validate",
+    "prepare",
     "logits",
     "stats",
     "train",

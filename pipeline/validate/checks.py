@@ -43,8 +43,8 @@ _FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
 class Thresholds:
     """What a good clip is. Defaults: AudioSet clips as `fat download` writes them."""
 
-    sample_rate: int = 32000  # Hz
-    channels: int = 1
+    sample_rate: int | None = 32000  # Hz; None accepts any rate
+    channels: int | None = 1  # None accepts any count
     length_tolerance: float = 0.05  # seconds either side of the window
     min_seconds: float = 0.5  # absolute minimum length, seconds
     max_seconds: float = 10.0  # absolute maximum length (plus the tolerance), seconds
@@ -56,7 +56,7 @@ class Thresholds:
 
     def check(self) -> None:
         """ValueError for settings no clip could meet (the CLI turns it into a FatError)."""
-        if self.sample_rate <= 0 or self.channels <= 0:
+        if (self.sample_rate is not None and self.sample_rate <= 0) or (self.channels is not None and self.channels <= 0):
             raise ValueError("sample rate and channels must be positive")
         if not (0 <= self.length_tolerance and 0 <= self.min_seconds <= self.max_seconds):
             raise ValueError("need length_tolerance ≥ 0 and 0 ≤ min_seconds ≤ max_seconds")
@@ -113,9 +113,9 @@ def check_file(path: str, window_seconds: float, limits: Thresholds) -> Verdict:
 
 def _check_header(rate: int, channels: int, frames: int, window_seconds: float, limits: Thresholds) -> Verdict | None:
     seconds = frames / rate if rate else 0.0
-    if rate != limits.sample_rate:
+    if limits.sample_rate is not None and rate != limits.sample_rate:
         return Verdict("sample-rate", f"{rate} Hz, expected {limits.sample_rate} Hz", seconds)
-    if channels != limits.channels:
+    if limits.channels is not None and channels != limits.channels:
         return Verdict("channels", f"{channels} channels, expected {limits.channels}", seconds)
     tolerance = round(limits.length_tolerance * rate)
     if frames < round(limits.min_seconds * rate):
