@@ -109,14 +109,9 @@ def load_clip_list(datafile: str | Path, label_set: Any) -> ClipList:
     data = load_datafile(datafile, label_set)
     if len(data) == 0:
         raise FatError(f"{datafile}: the datafile lists no clips")
-    classes = [_class_indices(data, i, label_set) for i in range(len(data))]
-    return ClipList.from_lists(list(data.ids), list(data.paths), classes, len(label_set), str(datafile))
-
-
-def _class_indices(data: Any, i: int, label_set: Any) -> list[int]:
-    """Class numbers of entry i, from whichever label encoding the datafile reader keeps."""
-    labels = data.labels[i] if not hasattr(data, "class_indices") else data.class_indices(i)
-    return [int(label_set.index_of(mid)) if isinstance(mid, str) else int(mid) for mid in labels]
+    return ClipList(PackedStrings(data.ids), PackedStrings(data.paths),
+                    np.asarray(data.class_flat, dtype=np.int32), np.asarray(data.class_offsets, dtype=np.int64),
+                    len(label_set), str(datafile))
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,7 @@ def test_single_label_cross_entropy_with_kd_reports_accuracy(tmp_path):
     assert main(["train", "--train", str(task.train), "--valid", str(task.valid), "--teacher", str(store), *TINY,
                  "--out", str(out), "--loss", "ce", "--kd-lambda", "0.5", "--kd-temperature", "2", "--epochs", "1",
                  "--batch-size", "6", "--no-wa", "--noise", "--time-shift", "5", "--amp", "bf16", "--balanced",
+                 "--target-frames", "32",
                  "--grad-clip", "1.0"]) == 0
     row = read_csv(out / "epochs.csv")[0]
     assert 0.0 <= float(row["valid/accuracy"]) <= 1.0 and float(row["train/kd"]) > 0
