@@ -70,9 +70,6 @@ class LogitsSettings:
             raise FatError("--batch-size must be at least 1 and --workers at least 0")
         if not self.clip_seconds > 0:
             raise FatError(f"--clip-seconds must be positive, got {self.clip_seconds}")
-        if self.checkpoints and len(self.checkpoints) != len(self.teachers):
-            raise FatError(f"{len(self.checkpoints)} --checkpoint files for {len(self.teachers)} teachers: "
-                           "give one per teacher, in the same order")
         if self.random_init and self.checkpoints:
             raise FatError("--random-init and --checkpoint exclude each other")
         if not self.datafiles:
@@ -140,20 +137,18 @@ def find_label_csv(settings: LogitsSettings) -> Path | None:
 
 # -- teachers and their identity -----------------------------------------------------------
 
-def load_teachers(settings: LogitsSettings, num_classes: int | None) -> list[Any]:
-    """The ensemble members (one or more), loaded on the CPU in eval mode."""
+def load_teachers(names: Sequence[str], checkpoints: Sequence[Path], random_init: bool, num_classes: int | None,
+                  seed: int = 0) -> list[Any]:
+    """The ensemble members (one or more; presets such as mn_ensemble expanded), on the CPU, in eval mode."""
     from teacher import TeacherError, expand_names, load_teacher
 
     try:
-        names = expand_names(settings.teachers)
-        if settings.checkpoints and len(settings.checkpoints) != len(names):
-            raise FatError(f"{len(settings.checkpoints)} --checkpoint files for {len(names)} teachers")
-        members = []
-        for i, name in enumerate(names):
-            checkpoint = settings.checkpoints[i] if settings.checkpoints else None
-            members.append(load_teacher(name, checkpoint=checkpoint, random_init=settings.random_init,
-                                        num_classes=num_classes, seed=settings.seed + i))
-        return members
+        names = expand_names(list(names))
+        if checkpoints and len(checkpoints) != len(names):
+            raise FatError(f"{len(checkpoints)} --checkpoint files for {len(names)} teachers ({', '.join(names)}): "
+                           "give one per teacher, in the same order")
+        return [load_teacher(name, checkpoint=checkpoints[i] if checkpoints else None, random_init=random_init,
+                             num_classes=num_classes, seed=seed + i) for i, name in enumerate(names)]
     except TeacherError as exc:
         raise FatError(str(exc)) from exc
 
@@ -258,11 +253,15 @@ def run_logits(settings: LogitsSettings) -> Outcome | None:
             log.info("no label CSV (%s beside the datafile, or --labels): no teacher metrics", DEFAULT_LABEL_CSV)
         clips = load_clips(settings.datafiles, labels)
         num_classes = len(labels) if labels is not None and settings.random_init else None
+        def members_now() -> list[Any]:
+            return load_teachers(settings.teachers, settings.checkpoints, settings.random_init, num_classes,
+                                 settings.seed)
+
         if ctx.is_main:  # fetch checkpoints once before the other ranks read the cache
-            members = load_teachers(settings, num_classes)
+            members = members_now()
         distributed.barrier(ctx)
         if not ctx.is_main:
-            members = load_teachers(settings, num_classes)
+            members = members_now()
         classes = members[0].num_classes
         if any(m.num_classes != classes for m in members):
             raise FatError("the ensemble members have different class counts")
