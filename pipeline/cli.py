@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "validate",
     "prepare",
     "logits",
+    "predict",
     "stats",
     "train",
     "evaluate",
