@@ -29,8 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--train", type=Path, required=True, help="training datafile (AST JSON)")
-    data.add_argument("--valid", type=Path, required=True, help="validation datafile (AST JSON), scored every epoch")
+    data.add_argument("--train", type=Path, required=True, help="training datafile (AST JSON); required, default: none")
+    data.add_argument("--valid", type=Path, required=True, help="validation datafile (AST JSON), scored every epoch; required, default: none")
     data.add_argument("--labels", type=Path, default=None,
                       help="label CSV index,mid,display_name (default: class_labels_indices.csv beside --train)")
     data.add_argument("--teacher", type=Path, default=None,
@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--missing-teacher", choices=("error", "mask"), default="error",
                       help="training clips without a teacher row: error (name them and stop) or mask (leave them "
                            "out of the KD term)")
-    data.add_argument("--out", type=Path, required=True, help="output folder of this experiment, e.g. models/student")
+    data.add_argument("--out", type=Path, required=True, help="output folder of this experiment, e.g. models/student; required, default: none")
 
     model = parser.add_argument_group("model")
     model.add_argument("--model-size", choices=("tiny224", "small224", "base224", "base384"), default="base384",
@@ -59,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="recompute block activations in backward to save GPU memory (r = 0 only)")
 
     feats = parser.add_argument_group("features and augmentation")
-    feats.add_argument("--norm-mean", type=float, default=-4.2677393, help="fbank mean (AudioSet's; dB-like log units)")
+    feats.add_argument("--norm-mean", type=float, default=-4.2677393, help="fbank mean (AudioSet's; natural-log mel power units)")
     feats.add_argument("--norm-std", type=float, default=4.5689974, help="fbank std (AudioSet's)")
     feats.add_argument("--freqm", type=int, default=48, help="SpecAugment max frequency-mask width (mel bins; 0 = off)")
     feats.add_argument("--timem", type=int, default=192, help="SpecAugment max time-mask width (frames; 0 = off)")

@@ -46,9 +46,12 @@ def start(requested_device: str) -> Context:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = choose_device(requested_device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        # fp32 parts (outside autocast) may use TF32 tensor cores; AMP covers the rest.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if world_size > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Context(rank, world_size, local_rank, device)
 
