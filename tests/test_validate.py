@@ -209,7 +209,8 @@ def test_datafile_input_reports_duplicates_and_unlabelled_clips_and_reads_other_
     (tmp_path / "in.json").write_text(json.dumps({"data": entries}))
     before = hashes(audio)
     code = main(["validate", "--split", "mine", "--datafile", str(tmp_path / "in.json"), "--workers", "1",
-                 "--out-dir", str(tmp_path / "out"), "--report-dir", str(tmp_path / "out"), "--absolute-paths"])
+                 "--out-dir", str(tmp_path / "out"), "--report-dir", str(tmp_path / "out"), "--absolute-paths",
+                 "--progress"])
     assert code == 0 and hashes(audio) == before
     reasons = {(row["id"], row["reason"]) for row in read_report(tmp_path / "out" / "mine.rejected.csv")}
     assert reasons == {("clips/a", "duplicate-id"), ("clips/c", "no-labels")}
