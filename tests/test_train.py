@@ -16,9 +16,18 @@ from tests.train_fixtures import make_task, oracle_logits, write_store
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A tiny AST over 128 mel bins × 96 frames with 16×16 strides: 8 × 6 = 48 patches.
+# A tiny AST over 128 mel bins × 96 frames with 16×16 strides: 8 × 6 = 48 patches. One torch
+# thread: on a small shared machine more threads only spin against each other.
 TINY = ["--model-size", "tiny224", "--fstride", "16", "--tstride", "16", "--target-frames", "96",
-        "--num-workers", "0", "--no-progress"]
+        "--num-workers", "0", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def keep_torch_threads():
+    """`--threads` sets this process's torch threads: put them back for the other test modules."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
