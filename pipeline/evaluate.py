@@ -46,11 +46,12 @@ class EvalRow:
 
 @dataclass(frozen=True)
 class TimingSettings:
-    """How throughput is measured: batch size, warm-up and timed batches, device, precision."""
+    """How throughput is measured: batch size, warm-up batches, timed batches per round, rounds, device, precision."""
 
     batch_size: int = 32
     warmup_batches: int = 2
-    timed_batches: int = 5
+    timed_batches: int = 2
+    rounds: int = 3
     device: str = "cpu"
     precision: str = "fp32"  # fp32, bf16 or fp16 (autocast)
 
@@ -111,21 +112,36 @@ def device_description(device: str) -> str:
 # --------------------------------------------------------------------------- measuring
 
 
-def measure_throughput(model: Any, batch: Any, timing: TimingSettings) -> float:
-    """Clips per second of `model(batch)` on the timing device: warm-up, then timed batches."""
+def measure_throughput(model: Any, batch: Any, r_settings: Sequence[str], timing: TimingSettings) -> dict[str, float]:
+    """Clips per second of `model(batch)` at each r on the timing device.
+
+    Every r is warmed up first, then the settings are timed in turn, round after round, and each
+    keeps its median round: a burst of load from elsewhere on the machine hits all settings alike
+    instead of spoiling one.
+    """
+    import statistics
+
     import torch
 
+    from student.tome import parse_r_spec, set_tome_r
+
     batch = batch.to(timing.device)
+    rounds: dict[str, list[float]] = {r: [] for r in r_settings}
     with torch.inference_mode(), _autocast(timing.device, timing.precision):
-        for _ in range(max(timing.warmup_batches, 1)):
-            model(batch)
-        _synchronize(timing.device)
-        start = time.perf_counter()
-        for _ in range(timing.timed_batches):
-            model(batch)
-        _synchronize(timing.device)
-        elapsed = time.perf_counter() - start
-    return batch.shape[0] * timing.timed_batches / elapsed
+        for r in r_settings:
+            set_tome_r(model, parse_r_spec(r))
+            for _ in range(max(timing.warmup_batches, 1)):
+                model(batch)
+        for _ in range(timing.rounds):
+            for r in r_settings:
+                set_tome_r(model, parse_r_spec(r))
+                _synchronize(timing.device)
+                start = time.perf_counter()
+                for _ in range(timing.timed_batches):
+                    model(batch)
+                _synchronize(timing.device)
+                rounds[r].append(batch.shape[0] * timing.timed_batches / (time.perf_counter() - start))
+    return {r: statistics.median(values) for r, values in rounds.items()}
 
 
 def predict_all_r(
@@ -251,7 +267,8 @@ def markdown_table(rows: Sequence[EvalRow], multi_label: bool, context: dict[str
         f"# Evaluation: {context.get('checkpoint', '')}",
         "",
         f"Eval datafile `{context.get('datafile', '')}` ({context.get('clips', '?')} clips, "
-        f"{context.get('classes', '?')} classes). Throughput: {context.get('device', '?')}, "
+        f"{context.get('classes', '?')} classes{_chance_note(context, multi_label)}). "
+        f"Throughput: {context.get('device', '?')}, "
         f"batch {context.get('batch_size', '?')}, {context.get('precision', '?')}, model forward only "
         f"(features precomputed), after warm-up, synchronised.",
         "",
@@ -278,13 +295,21 @@ def markdown_table(rows: Sequence[EvalRow], multi_label: bool, context: dict[str
     return "\n".join(lines) + "\n"
 
 
+def _chance_note(context: dict[str, Any], multi_label: bool) -> str:
+    chance = context.get("chance_mAP")
+    if not multi_label or not isinstance(chance, float) or not math.isfinite(chance):
+        return ""
+    return f"; a random ranking scores mAP ≈ {chance:.3f}"
+
+
 def _fmt(value: float | None, digits: int) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     return f"{value:.{digits}f}"
 
 
-def tradeoff_plot(rows: Sequence[EvalRow], multi_label: bool, path: str | Path, title: str = "") -> None:
+def tradeoff_plot(rows: Sequence[EvalRow], multi_label: bool, path: str | Path, title: str = "",
+                  context: dict[str, Any] | None = None) -> None:
     """Accuracy against throughput: the student's r sweep as a line, compared models as points,
     the teacher as a horizontal line (its accuracy; its speed is not measured here)."""
     import matplotlib
@@ -315,6 +340,9 @@ def tradeoff_plot(rows: Sequence[EvalRow], multi_label: bool, path: str | Path, 
             value = row.metrics.get(main, float("nan"))
             flag = " — RANDOM INIT" if any(RANDOM_INIT_WARNING in n for n in row.notes) else ""
             ax.axhline(value, color="tab:red", linestyle="--", label=f"{row.name}{flag}: {value:.3f}")
+    chance = context.get("chance_mAP") if context else None
+    if multi_label and isinstance(chance, float) and math.isfinite(chance):
+        ax.axhline(chance, color="grey", linestyle=":", label=f"random ranking: {chance:.3f}")
     ax.set_xlabel("throughput (clips/s, model forward)")
     ax.set_ylabel(main)
     ax.set_title(title or f"{main} against throughput", fontsize=10)
@@ -335,7 +363,8 @@ def write_reports(rows: Sequence[EvalRow], multi_label: bool, context: dict[str,
     paths = {"json": out_dir / "eval.json", "md": out_dir / "eval.md", "png": out_dir / "tradeoff.png"}
     write_json_atomic(paths["json"], rows_to_json(rows, context))
     write_text_atomic(paths["md"], markdown_table(rows, multi_label, context))
-    tradeoff_plot(rows, multi_label, paths["png"], title=f"{Path(str(context.get('checkpoint', ''))).name}")
+    title = f"{primary_metric(multi_label)} against throughput: {context.get('checkpoint', '')} on {context.get('device', '')}"
+    tradeoff_plot(rows, multi_label, paths["png"], title=title, context=context)
     return paths
 
 
@@ -434,12 +463,11 @@ def evaluate_student(path: Path, name: str, kind: str, r_settings: Sequence[str]
             raise FatError(f"--r {r}: {exc}") from None
     loader = _loader(clips, config, timing.batch_size, workers)
     scores, _ = predict_all_r(model, loader, r_settings, timing)
-    batch = _timing_batch(loader, timing.batch_size)
+    speeds = measure_throughput(model, _timing_batch(loader, timing.batch_size), r_settings, timing)
     rows = []
     for r in r_settings:
         spec = parse_r_spec(r)
-        set_tome_r(model, spec)
-        speed = measure_throughput(model, batch, timing)
+        speed = speeds[r]
         rows.append(EvalRow(
             name=name, kind=kind, r=r, metrics=score(targets, scores[r], multi_label), clips=len(clips),
             clips_per_second=speed, gflops=analytic_gflops(model, spec), tokens_in=model.num_tokens,
@@ -477,10 +505,19 @@ def run_evaluation(request: EvalRequest, timing: TimingSettings, out_dir: str | 
         "checkpoint": str(request.checkpoint), "datafile": str(request.datafile), "clips": count,
         "classes": len(labels), "device": device_description(timing.device), "batch_size": timing.batch_size,
         "precision": timing.precision, "trained_r": str(config.get("tome_r", "")),
+        "chance_mAP": chance_map(targets),
     }
     paths_out = write_reports(rows, multi_label, context, out_dir)
     log.info("reports: %s", ", ".join(str(p) for p in paths_out.values()))
     return rows
+
+
+def chance_map(targets: np.ndarray) -> float:
+    """The mAP a random ranking scores on average: the mean share of positives per class
+    (over the classes that count, those with positives and negatives)."""
+    positives = targets.sum(axis=0)
+    usable = (positives > 0) & (positives < targets.shape[0])
+    return round(float((positives[usable] / targets.shape[0]).mean()), 4) if usable.any() else float("nan")
 
 
 def _compare_name(path: Path) -> str:

@@ -19,7 +19,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "  <out-dir>/eval.md      the table\n"
             "  <out-dir>/tradeoff.png accuracy against throughput, one point per r, teacher marked\n"
             "Throughput is the model forward alone on one batch of real eval features, after warm-up,\n"
-            "synchronised on CUDA, on --device.\n"
+            "synchronised on CUDA, on --device; the r settings take turns over --rounds rounds and each\n"
+            "keeps its median (so background load hits all alike).\n"
             "Example: fat evaluate --checkpoint models/student/student.pt --datafile data/datafiles/eval.json \\\n"
             "           --teacher-logits data/logits/mn10_as.h5 --r 0 8 16"
         ),
@@ -38,7 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="other student files evaluated at r=0 on the same chart (default: none)")
     parser.add_argument("--batch-size", type=int, default=32, help="clips per batch for scoring and timing")
     parser.add_argument("--warmup-batches", type=int, default=2, help="untimed batches before timing (count)")
-    parser.add_argument("--timed-batches", type=int, default=5, help="timed batches per r (count)")
+    parser.add_argument("--timed-batches", type=int, default=2, help="timed batches per r in each round (count)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="timing rounds; the r settings take turns and each keeps its median round (count)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="autocast precision; auto = bf16 on GPUs that support it, else fp16; fp32 on CPU")
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.errors import FatError
     from pipeline.evaluate import EvalRequest, TimingSettings, resolve_device, resolve_precision, run_evaluation
 
-    for name in ("batch_size", "timed_batches"):
+    for name in ("batch_size", "timed_batches", "rounds"):
         if getattr(args, name) < 1:
             raise FatError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
     for name in ("warmup_batches", "threads", "workers"):
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     timing = TimingSettings(
-        batch_size=args.batch_size, warmup_batches=args.warmup_batches, timed_batches=args.timed_batches,
+        batch_size=args.batch_size, warmup_batches=args.warmup_batches, timed_batches=args.timed_batches, rounds=args.rounds,
         device=device, precision=resolve_precision(args.precision, device),
     )
     request = EvalRequest(
