@@ -191,28 +191,34 @@ def primary_metric(multi_label: bool) -> str:
 # --------------------------------------------------------------------------- the teacher row
 
 
-def teacher_row(store_path: str | Path, ids: Sequence[str], targets: np.ndarray, multi_label: bool,
-                allow_incomplete: bool = False, label_sha256: str | None = None) -> EvalRow | None:
-    """The teacher's own accuracy on the eval clips, from its logits store (None if it has none of them)."""
+def open_teacher_store(store_path: str | Path, num_classes: int, allow_incomplete: bool = False,
+                       label_sha256: str | None = None) -> Any:
+    """The teacher's logits store, checked to fit the eval labels (before any slow work is done)."""
     from pipeline.store import LogitsStore
 
     store = LogitsStore(store_path, allow_incomplete=allow_incomplete)
+    recorded = store.attrs.get("label_csv_sha256")
+    if label_sha256 and recorded and recorded != label_sha256:
+        raise FatError(
+            f"{store_path}: made with another label list (sha256 {str(recorded)[:12]}…) than the "
+            f"eval datafile's ({label_sha256[:12]}…); its columns would not match the classes"
+        )
+    if store.num_classes != num_classes:
+        raise FatError(f"{store_path}: {store.num_classes} classes, the eval labels have {num_classes}")
+    return store
+
+
+def teacher_row(store: Any, ids: Sequence[str], targets: np.ndarray, multi_label: bool) -> EvalRow | None:
+    """The teacher's own accuracy on the eval clips, from its logits store (None if it has none of them)."""
     logits, present = store.fetch(list(ids))
     attrs = store.attrs
-    name = f"teacher {attrs.get('teacher', Path(store_path).stem)}"
+    name = f"teacher {attrs.get('teacher', Path(store.path).stem)}"
     notes: list[str] = []
     if bool(attrs.get("random_init", False)):
         notes.append(RANDOM_INIT_WARNING)
-        log.warning("!!! %s: %s", store_path, RANDOM_INIT_WARNING)
-    if label_sha256 and attrs.get("label_csv_sha256") and attrs["label_csv_sha256"] != label_sha256:
-        raise FatError(
-            f"{store_path}: made with another label list (sha256 {str(attrs['label_csv_sha256'])[:12]}…) than the "
-            f"eval datafile's ({label_sha256[:12]}…); its columns would not match the classes"
-        )
-    if logits.shape[1] != targets.shape[1]:
-        raise FatError(f"{store_path}: {logits.shape[1]} classes, the eval labels have {targets.shape[1]}")
+        log.warning("!!! %s: %s", store.path, RANDOM_INIT_WARNING)
     if not present.any():
-        log.warning("%s holds none of the %d eval clips: no teacher row", store_path, len(ids))
+        log.warning("%s holds none of the %d eval clips: no teacher row", store.path, len(ids))
         return None
     if not present.all():
         notes.append(f"teacher logits for {int(present.sum())} of {len(ids)} eval clips")
@@ -486,6 +492,9 @@ def run_evaluation(request: EvalRequest, timing: TimingSettings, out_dir: str | 
     count = len(clips)
     ids = list(clips.ids)
     label_sha = getattr(labels, "sha256", None)
+    store = None
+    if request.teacher_logits is not None:
+        store = open_teacher_store(request.teacher_logits, len(labels), request.allow_incomplete_teacher, label_sha)
     rows, config = evaluate_student(request.checkpoint, "student", "student", request.r_settings, clips, targets,
                                     len(labels), timing, request.workers, label_sha)
     multi_label = bool(config.get("multi_label", True))
@@ -495,8 +504,9 @@ def run_evaluation(request: EvalRequest, timing: TimingSettings, out_dir: str | 
         if bool(other_config.get("multi_label", True)) != multi_label:
             raise FatError(f"{other}: single- vs multi-label differs from {request.checkpoint}")
         rows += other_rows
-    if request.teacher_logits is not None:
-        teacher = teacher_row(request.teacher_logits, ids, targets, multi_label, request.allow_incomplete_teacher, label_sha)
+    if store is not None:
+        teacher = teacher_row(store, ids, targets, multi_label)
+        store.close()
         if teacher is not None:
             rows.append(teacher)
             log.info("%s: %s %.4f on %d clips", teacher.name, primary_metric(multi_label),
