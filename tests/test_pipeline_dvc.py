@@ -60,3 +60,166 @@ def test_every_stage_command_is_registered() -> None:
     choices = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
     for name in ("metadata", "download", "train", "evaluate", "demo-corpus"):
         assert name in choices
+
+
+# --------------------------------------------------------------------------- the demo under DVC
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# What a clone of the project holds that the pipeline needs: its definition and the code its
+# stages depend on (the `fat` that runs is this checkout's, installed in the environment).
+PIPELINE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config")
+CODE_DIRS = ("pipeline", "student", "teacher")
+SPLITS = ("balanced_train", "eval")
+
+# The demo, shrunk so that CI runs it in a minute or two: few short clips (a quarter broken, so
+# every fault kind occurs), one thread each, one training epoch, two merge rates.
+SMALL = {
+    "demo": {"train_clips": 20, "eval_clips": 10, "window_seconds": 1.0, "broken_fraction": 0.25, "workers": 1},
+    "download": {"workers": 2},
+    "validate": {"workers": 1},
+    "logits": {"clip_seconds": 1.0, "batch_size": 16, "workers": 0, "threads": 1},
+    "train": {"target_frames": 100, "epochs": 1, "batch_size": 8, "warmup_steps": 0, "num_workers": 0, "threads": 1},
+    "evaluate": {"r": [0, 2], "batch_size": 4, "warmup_batches": 1, "timed_batches": 1, "rounds": 1, "threads": 1},
+}
+
+
+def _make_clone(repo: Path) -> dict[str, str]:
+    """A fresh git repository holding the pipeline (shrunk) and its code; returns the env to run in."""
+    repo.mkdir()
+    for name in PIPELINE_FILES:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, repo / name)
+    for name in CODE_DIRS:
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in SMALL.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # fat and dvc of this env
+    env["FAT_CACHE"] = str(repo.parent / "fat-cache")
+    env["DVC_SITE_CACHE_DIR"] = str(repo.parent / "dvc-site")
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["OMP_NUM_THREADS"] = "1"
+    for command in (["git", "init", "-q"], ["git", "config", "user.name", "fat test"],
+                    ["git", "config", "user.email", "fat@example.invalid"],
+                    ["git", "add", "-A"], ["git", "commit", "-q", "-m", "pipeline"]):
+        subprocess.run(command, cwd=repo, env=env, check=True)
+    return env
+
+
+def _dvc(repo: Path, env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{output[-6000:]}"
+    return output
+
+
+def _ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def _commit(repo: Path, env: dict[str, str], message: str) -> None:
+    subprocess.run(["git", "add", "-A"], cwd=repo, env=env, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", message], cwd=repo, env=env, check=True)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _check_stage_outputs(repo: Path) -> None:
+    """Every stage's outputs, and that each broken clip was caught where it should be."""
+    from pipeline.checkpoint import load_student
+    from pipeline.store import LogitsStore
+
+    clips = _read_csv(repo / "data/demo/clips.csv")
+    faults = {row["ytid"]: row["fault"] for row in clips if row["fault"]}
+    assert set(faults.values()) == {"missing", "html", "silent", "truncated", "clipped"}
+    kept: dict[str, set[str]] = {}
+    for split in SPLITS:
+        ids = {row["ytid"] for row in clips if row["split"] == split}
+        metadata = _read_csv(repo / f"data/metadata/{split}.csv")
+        assert {row["ytid"] for row in metadata} == ids
+        status = {row["ytid"]: row["status"] for row in _read_csv(repo / f"data/manifests/{split}.download.csv")}
+        assert set(status) == ids
+        for ytid in ids:  # removed videos and HTML pages never become audio; everything else does
+            expected = "unavailable" if faults.get(ytid) in ("missing", "html") else "ok"
+            assert status[ytid] == expected, (ytid, faults.get(ytid), status[ytid])
+        rejected = {row["id"]: row["reason"] for row in _read_csv(repo / f"data/reports/{split}.rejected.csv")}
+        for ytid, fault in faults.items():
+            if ytid in ids and fault in ("silent", "truncated", "clipped"):
+                assert ytid in rejected, (ytid, fault)
+        datafile = json.loads((repo / f"data/datafiles/{split}/{split}.json").read_text())
+        kept[split] = {entry["id"] for entry in datafile["data"]}
+        assert kept[split] == {ytid for ytid in ids if ytid not in faults}
+        assert (repo / f"data/datafiles/{split}/class_labels_indices.csv").is_file()
+        json.loads((repo / f"data/reports/{split}.validate.json").read_text())
+    with LogitsStore(repo / "data/logits/mn10_as.h5") as store:
+        assert store.complete and store.attrs["random_init"]
+        assert set(store.ids.tolist()) == kept["balanced_train"] | kept["eval"]
+    model, config = load_student(repo / "models/student/student.pt")
+    assert config["num_classes"] == 10 and config["target_frames"] == 100
+    assert (repo / "models/student/dvclive/metrics.json").is_file()
+    report = json.loads((repo / "reports/eval.json").read_text())
+    assert set(report["student"]) == {"r=0", "r=2"}
+    assert report["teacher"]["random_init"] is True
+    assert 0.0 <= report["student"]["r=0"]["mAP"] <= 1.0
+    assert "RANDOM-INIT" in (repo / "reports/eval.md").read_text()
+    assert (repo / "reports/tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _check_cache_is_intact_and_linked(repo: Path) -> None:
+    """Hard-linked outputs cost no second copy, and no writer changed a cached object in place."""
+    import hashlib
+
+    audio = sorted((repo / "data/audio/eval").glob("*.wav"))
+    assert audio and sum(path.stat().st_nlink >= 2 for path in audio) >= len(audio) - 1  # identical silent clips share one
+    for obj in (repo / ".dvc/cache/files/md5").glob("*/*"):
+        if obj.suffix == ".dir":
+            continue
+        assert hashlib.md5(obj.read_bytes()).hexdigest() == obj.parent.name + obj.name, obj
+
+
+@pytest.mark.slow
+def test_demo_pipeline_under_dvc(tmp_path: Path) -> None:
+    repo = tmp_path / "clone"
+    env = _make_clone(repo)
+
+    first = _dvc(repo, env, "repro")
+    assert _ran(first) == {"demo_corpus", "metadata", "download@balanced_train", "download@eval",
+                           "validate@balanced_train", "validate@eval", "logits", "train", "evaluate"}
+    _check_stage_outputs(repo)
+    _check_cache_is_intact_and_linked(repo)
+
+    second = _dvc(repo, env, "repro")
+    assert _ran(second) == set(), second
+    _commit(repo, env, "demo run")
+
+    # A training change reruns train and evaluate only, in a temporary copy of the repository
+    # (as queued experiments run): everything earlier comes from the DVC cache there.
+    train_exp = _dvc(repo, env, "exp", "run", "--temp", "-S", "train.seed=1", "-n", "seed1")
+    assert _ran(train_exp) == {"train", "evaluate"}, train_exp
+
+    # A teacher change (here: its input length) reruns logits → train → evaluate, never download.
+    teacher_exp = _dvc(repo, env, "exp", "run", "-S", "logits.clip_seconds=1.5", "-n", "teacher1")
+    assert _ran(teacher_exp) == {"logits", "train", "evaluate"}, teacher_exp
+    _check_cache_is_intact_and_linked(repo)
+
+    shown = json.loads(_dvc(repo, env, "exp", "show", "--json"))
+    text = json.dumps(shown)
+    for name in ("seed1", "teacher1"):
+        assert f'"{name}"' in text
+    assert "clips_per_second" in text  # reports/eval.json reaches `dvc exp show` through the cache
