@@ -237,6 +237,7 @@ class Outcome:
     reused: int
     failed: dict[str, str]
     metrics: dict[str, Any] | None
+    compute_seconds: float = 0.0  # rank 0's time from its first batch request to its last record
 
 
 def run_logits(settings: LogitsSettings) -> Outcome | None:
@@ -253,6 +254,7 @@ def run_logits(settings: LogitsSettings) -> Outcome | None:
             log.info("no label CSV (%s beside the datafile, or --labels): no teacher metrics", DEFAULT_LABEL_CSV)
         clips = load_clips(settings.datafiles, labels)
         num_classes = len(labels) if labels is not None and settings.random_init else None
+
         def members_now() -> list[Any]:
             return load_teachers(settings.teachers, settings.checkpoints, settings.random_init, num_classes,
                                  settings.seed)
@@ -274,7 +276,7 @@ def run_logits(settings: LogitsSettings) -> Outcome | None:
         decision = prepare_output(settings, identity_sha) if ctx.is_main else None
         decision = distributed.gather_objects(ctx, decision)[0]
         reuse = LogitsStore(settings.out, allow_incomplete=True) if decision["reuse"] else None
-        done, failures = scan_partial(settings.partial_dir)
+        done, _ = scan_partial(settings.partial_dir)
         if reuse is not None:
             have = reuse.rows_of(clips.ids) >= 0
             done.update(i for i, h in zip(clips.ids, have, strict=True) if h)
@@ -296,15 +298,18 @@ def run_logits(settings: LogitsSettings) -> Outcome | None:
                      ", ".join(m.provenance.name for m in members))
         distributed.barrier(ctx)  # everyone has read the logs before anyone appends to them
         worklog = WorkLog(settings.partial_dir / f"rank{ctx.rank}.log")
+        seconds = 0.0
         if mine:
             worklog.open_for_append()
-            compute(members, clips, mine, worklog, settings, ctx.device)
+            seconds = compute(members, clips, mine, worklog, settings, ctx.device)
         distributed.barrier(ctx)
         if not ctx.is_main:
             return None
         if reuse is not None:
             reuse.close()
-        return finish(settings, clips, members, identity, labels, len(needed))
+        outcome = finish(settings, clips, members, identity, labels, len(needed))
+        outcome.compute_seconds = seconds
+        return outcome
     finally:
         distributed.stop(ctx)
 
@@ -396,7 +401,8 @@ def ensemble_logits(members: Sequence[Any], waves: Any, device: Any, amp: bool |
 
 
 def compute(members: Sequence[Any], clips: Clips, batches: list[tuple[int, list[int]]], worklog: WorkLog,
-            settings: LogitsSettings, device: Any) -> None:
+            settings: LogitsSettings, device: Any) -> float:
+    """Run this rank's batches, appending each to the work log; returns the seconds it took."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -417,8 +423,8 @@ def compute(members: Sequence[Any], clips: Clips, batches: list[tuple[int, list[
             log.warning("could not decode clip %s: %s", clip_id, error)
         rows = np.zeros((0, members[0].num_classes), dtype=settings.dtype)
         if ok.any():
-            logits = ensemble_logits(members, waves[torch.from_numpy(ok)].to(device, non_blocking=True), device,
-                                     settings.amp)
+            good = waves if ok.all() else waves[torch.from_numpy(ok)]
+            logits = ensemble_logits(members, good.to(device, non_blocking=True), device, settings.amp)
             bad = ~torch.isfinite(logits).all(dim=1).cpu().numpy()
             if bad.any():
                 named = [f"{ids[i]} ({clips.paths[indices[i]]})" for i in np.flatnonzero(ok)[bad]]
@@ -436,6 +442,9 @@ def compute(members: Sequence[Any], clips: Clips, batches: list[tuple[int, list[
             log.info("  %d / %d clips of this rank, %.1f clips/s", finished, sum(len(t) for _, t in batches),
                      finished / (now - started))
             last_report = now
+    elapsed = time.monotonic() - started
+    log.info("  %d clips in %.1f s: %.1f clips/s on %s", finished, elapsed, finished / max(elapsed, 1e-9), device)
+    return elapsed
 
 
 def finish(settings: LogitsSettings, clips: Clips, members: Sequence[Any], identity: dict[str, Any], labels: Any,

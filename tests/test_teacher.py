@@ -193,11 +193,15 @@ def test_sha256_mismatch_keeps_nothing(tmp_path, monkeypatch):
     assert not any((tmp_path / "cache" / "teachers").iterdir())
 
 
-def test_random_init_is_seeded_recorded_and_incompatible_with_a_checkpoint(tmp_path):
+def test_random_init_is_seeded_recorded_loud_and_incompatible_with_a_checkpoint(tmp_path, caplog):
     a, b = (load_teacher("mn01_as", random_init=True, seed=7) for _ in range(2))
+    assert "RANDOM-INIT TEACHER: mn01_as" in caplog.text
     for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y)
     assert a.provenance.random_init and a.provenance.checkpoint_sha256 is None
+    with torch.no_grad():  # calibrated BatchNorm statistics: different clips, different logits
+        logits = a(torch.randn(3, 8000) * torch.tensor([[0.01], [0.1], [1.0]]))
+    assert logits.std(dim=0).mean() > 1e-3
     with pytest.raises(TeacherError, match="exclude each other"):
         load_teacher("mn01_as", random_init=True, checkpoint=tmp_path / "x.pt")
 
