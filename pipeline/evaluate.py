@@ -188,6 +188,25 @@ def primary_metric(multi_label: bool) -> str:
     return "mAP" if multi_label else "accuracy"
 
 
+def ranks_by_map(metric: str, config: dict[str, Any], targets: np.ndarray, clips: Any) -> bool:
+    """True when mAP is the main metric, False for top-1 accuracy.
+
+    `metric` auto follows the student: accuracy for a single-label (cross-entropy) student, mAP
+    otherwise. Accuracy needs exactly one label per clip (Speech Commands trains with BCE but is
+    scored by accuracy, as AST does: pass --metric accuracy).
+    """
+    if metric == "auto":
+        metric = "map" if bool(config.get("multi_label", True)) else "accuracy"
+    if metric == "accuracy":
+        counts = targets.sum(axis=1)
+        if not np.all(counts == 1):
+            bad = int(np.flatnonzero(counts != 1)[0])
+            raise FatError(f"{clips.source}: accuracy needs exactly one label per clip; clip {clips.ids[bad]} has "
+                           f"{int(counts[bad])} (use --metric map)")
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------- the teacher row
 
 
@@ -392,6 +411,7 @@ class EvalRequest:
     allow_incomplete_teacher: bool = False
     r_settings: tuple[str, ...] = ("0", "4", "8", "16")
     compare: tuple[Path, ...] = ()
+    metric: str = "auto"
     workers: int = 0
     limit: int | None = None
 
@@ -447,7 +467,7 @@ def _timing_batch(loader: Any, batch_size: int) -> Any:
 
 def evaluate_student(path: Path, name: str, kind: str, r_settings: Sequence[str], clips: Any,
                      targets: np.ndarray, num_classes: int, timing: TimingSettings, workers: int,
-                     label_sha256: str | None) -> tuple[list[EvalRow], dict[str, Any]]:
+                     label_sha256: str | None, metric: str = "auto") -> tuple[list[EvalRow], dict[str, Any]]:
     """Rows (one per r) for one student checkpoint; also returns its config."""
     from pipeline.checkpoint import load_student
     from student.errors import StudentError
@@ -461,7 +481,7 @@ def evaluate_student(path: Path, name: str, kind: str, r_settings: Sequence[str]
     if label_sha256 and trained_sha and trained_sha != label_sha256:
         raise FatError(f"{path}: trained with another label list (sha256 {str(trained_sha)[:12]}…) than the eval "
                        f"datafile's ({label_sha256[:12]}…)")
-    multi_label = bool(config.get("multi_label", True))
+    multi_label = ranks_by_map(metric, config, targets, clips)
     for r in r_settings:  # a bad r fails here, before any work
         try:
             set_tome_r(model, parse_r_spec(r))
@@ -496,13 +516,13 @@ def run_evaluation(request: EvalRequest, timing: TimingSettings, out_dir: str | 
     if request.teacher_logits is not None:
         store = open_teacher_store(request.teacher_logits, len(labels), request.allow_incomplete_teacher, label_sha)
     rows, config = evaluate_student(request.checkpoint, "student", "student", request.r_settings, clips, targets,
-                                    len(labels), timing, request.workers, label_sha)
-    multi_label = bool(config.get("multi_label", True))
+                                    len(labels), timing, request.workers, label_sha, request.metric)
+    multi_label = ranks_by_map(request.metric, config, targets, clips)
     for other in request.compare:
-        other_rows, other_config = evaluate_student(
-            other, _compare_name(other), "compare", ("0",), clips, targets, len(labels), timing, request.workers, label_sha)
-        if bool(other_config.get("multi_label", True)) != multi_label:
-            raise FatError(f"{other}: single- vs multi-label differs from {request.checkpoint}")
+        # Compared students are scored with the main student's metric, whatever they were trained with.
+        other_rows, _ = evaluate_student(
+            other, _compare_name(other), "compare", ("0",), clips, targets, len(labels), timing, request.workers,
+            label_sha, "map" if multi_label else "accuracy")
         rows += other_rows
     if store is not None:
         teacher = teacher_row(store, ids, targets, multi_label)

@@ -155,6 +155,10 @@ def test_bad_inputs_fail_with_a_clear_message(eval_set: EvalSet, tmp_path: Path,
     wrong = _write_teacher(tmp_path / "wrong.h5", eval_set.ids, np.zeros((len(eval_set.ids), 3), np.float32), other, False)
     assert main(base + ["--teacher-logits", str(wrong)]) == 2
     assert "another label list" in capsys.readouterr().err
+    # Top-1 accuracy is undefined for clips with several labels: named, not silently mis-scored.
+    several = int(np.flatnonzero(eval_set.targets.sum(axis=1) != 1)[0])
+    assert main(base + ["--metric", "accuracy"]) == 2
+    assert f"clip {eval_set.ids[several]} has 2" in capsys.readouterr().err
     assert not (tmp_path / "out" / "eval.json").exists()  # nothing half-written
 
 

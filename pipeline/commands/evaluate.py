@@ -37,6 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="merge rates to evaluate: 16, 16,16,8 (per layer) or 16:-1 (r:inflection schedule)")
     parser.add_argument("--compare", nargs="+", type=Path, default=[], metavar="CHECKPOINT",
                         help="other student files evaluated at r=0 on the same chart (default: none)")
+    parser.add_argument("--metric", choices=("auto", "map", "accuracy"), default="auto",
+                        help="main metric: auto = accuracy for a single-label (cross-entropy) student, else mAP; "
+                             "mAP, mean AUC and d' are always reported")
     parser.add_argument("--batch-size", type=int, default=32, help="clips per batch for scoring and timing")
     parser.add_argument("--warmup-batches", type=int, default=2, help="untimed batches before timing (count)")
     parser.add_argument("--timed-batches", type=int, default=2, help="timed batches per r in each round (count)")
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     request = EvalRequest(
         checkpoint=args.checkpoint, datafile=args.datafile, labels=args.labels, teacher_logits=args.teacher_logits,
         allow_incomplete_teacher=args.allow_incomplete_teacher, r_settings=tuple(str(r) for r in args.r),
-        compare=tuple(args.compare), workers=args.workers, limit=args.limit,
+        compare=tuple(args.compare), metric=args.metric, workers=args.workers, limit=args.limit,
     )
     run_evaluation(request, timing, args.out_dir)
     return 0
