@@ -9,8 +9,19 @@ train-only experiment must rerun train and evaluate only.
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
+from dvc.parsing.interpolate import to_str
 
 from pipeline.cli import build_parser
 from pipeline.dvcargs import normalise_argv
@@ -62,24 +73,40 @@ def test_every_stage_command_is_registered() -> None:
         assert name in choices
 
 
-# --------------------------------------------------------------------------- the demo under DVC
-
-import csv
-import json
-import os
-import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
-import yaml
+# --------------------------------------------------------------------------- params files → command lines
 
 ROOT = Path(__file__).resolve().parents[1]
+# section of a params file → the command line dvc.yaml builds from it (positional parts included)
+_COMMANDS = {
+    "demo": ["demo-corpus"], "metadata": ["metadata"], "download": ["download", "--split", "eval"],
+    "validate": ["validate", "--split", "eval"], "logits": ["logits"], "train": ["train"],
+    "evaluate": ["evaluate"], "prepare": ["prepare", "speechcommands"],
+}
+
+
+@pytest.mark.parametrize("params_file", ["params.yaml", "configs/audioset-balanced.yaml",
+                                         "configs/audioset-full.yaml", "configs/speechcommands.yaml"])
+def test_every_params_section_is_a_valid_command_line(params_file: str) -> None:
+    """Each section, rendered exactly as DVC renders `${section}`, parses without an unknown option."""
+    params = yaml.safe_load((ROOT / params_file).read_text())
+    parser = build_parser()
+    checked = 0
+    for section, values in params.items():
+        if section == "data":
+            continue  # shared values, interpolated one by one in dvc.yaml
+        rendered = shlex.split(to_str(values, config={"bool": "boolean_optional"}))
+        args = parser.parse_args(normalise_argv(parser, [*_COMMANDS[section], *rendered]))
+        assert args.command == _COMMANDS[section][0]
+        checked += 1
+    assert checked >= 3
+
+
+# --------------------------------------------------------------------------- the demo under DVC
+
 # What a clone of the project holds that the pipeline needs: its definition and the code its
 # stages depend on (the `fat` that runs is this checkout's, installed in the environment).
 PIPELINE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config")
-CODE_DIRS = ("pipeline", "student", "teacher")
+CODE_DIRS = ("pipeline", "student", "teacher", "configs", "pipelines")
 SPLITS = ("balanced_train", "eval")
 
 # The demo, shrunk so that CI runs it in a minute or two: few short clips (a quarter broken, so
@@ -94,18 +121,25 @@ SMALL = {
 }
 
 
+def _shrink(params_file: Path, changes: dict[str, dict], drop: dict[str, list[str]] | None = None) -> None:
+    params = yaml.safe_load(params_file.read_text())
+    for section, values in changes.items():
+        params[section].update(values)
+    for section, keys in (drop or {}).items():
+        for key in keys:
+            params[section].pop(key)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def _make_clone(repo: Path) -> dict[str, str]:
-    """A fresh git repository holding the pipeline (shrunk) and its code; returns the env to run in."""
+    """A fresh git repository holding the pipelines (shrunk) and their code; returns the env to run in."""
     repo.mkdir()
     for name in PIPELINE_FILES:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, repo / name)
     for name in CODE_DIRS:
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in SMALL.items():
-        params[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _shrink(repo / "params.yaml", SMALL)
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # fat and dvc of this env
     env["FAT_CACHE"] = str(repo.parent / "fat-cache")
@@ -223,3 +257,59 @@ def test_demo_pipeline_under_dvc(tmp_path: Path) -> None:
     for name in ("seed1", "teacher1"):
         assert f'"{name}"' in text
     assert "clips_per_second" in text  # reports/eval.json reaches `dvc exp show` through the cache
+
+
+# --------------------------------------------------------------------------- Speech Commands
+
+SC_WORDS = {"down": 300.0, "go": 900.0, "yes": 2000.0}
+
+
+def _speech_commands_fixture(repo: Path) -> None:
+    """A miniature Speech Commands v0.02 folder (3 words, tones for voices) and a shrunk preset."""
+    import numpy as np
+
+    from pipeline.audio import write_wav
+
+    root = repo / "datasets/speech_commands_v0.02"
+    rng = np.random.default_rng(0)
+    lists: dict[str, list[str]] = {"validation_list.txt": [], "testing_list.txt": []}
+    for word, freq in SC_WORDS.items():
+        for i in range(6):
+            t = np.arange(16000) / 16000
+            wave = 0.3 * np.sin(2 * np.pi * freq * (1 + 0.03 * rng.standard_normal()) * t) + 0.01 * rng.standard_normal(16000)
+            name = f"{word}/spk{i:02d}_nohash_0.wav"
+            write_wav(root / name, wave.astype(np.float32), 16000)
+            if i == 4:
+                lists["validation_list.txt"].append(name)
+            if i == 5:
+                lists["testing_list.txt"].append(name)
+    (root / "_background_noise_").mkdir()
+    for name, entries in lists.items():
+        (root / name).write_text("\n".join(entries) + "\n")
+    _shrink(repo / "configs/speechcommands.yaml", {
+        "prepare": {"workers": 1},
+        "train": {"model_size": "tiny224", "fstride": 16, "tstride": 16, "target_frames": 100, "epochs": 1,
+                  "batch_size": 4, "num_workers": 0, "threads": 1},
+        "evaluate": {"r": [0, 2], "batch_size": 4, "warmup_batches": 1, "timed_batches": 1, "rounds": 1,
+                     "threads": 1, "workers": 0},
+    }, drop={"train": ["imagenet_weights"]})
+
+
+@pytest.mark.slow
+def test_speechcommands_pipeline_under_dvc(tmp_path: Path) -> None:
+    """The Speech Commands preset drives its own pipeline (prepare → train → evaluate, accuracy)."""
+    repo = tmp_path / "clone"
+    env = _make_clone(repo)
+    _speech_commands_fixture(repo)
+    _dvc(repo, env, "add", "datasets/speech_commands_v0.02")
+    _commit(repo, env, "dataset")
+    first = _dvc(repo, env, "repro", "pipelines/speechcommands/dvc.yaml")
+    assert {name.split(":")[-1] for name in _ran(first)} == {"prepare", "train", "evaluate"}
+    for split in ("train", "valid", "test"):
+        data = json.loads((repo / f"data/speechcommands/datafiles/speechcommands_{split}.json").read_text())
+        assert len(data["data"]) == {"train": 12, "valid": 3, "test": 3}[split]
+    report = json.loads((repo / "reports/speechcommands/eval.json").read_text())
+    assert set(report["student"]) == {"r=0", "r=2"} and "teacher" not in report
+    assert 0.0 <= report["student"]["r=0"]["accuracy"] <= 1.0
+    assert _ran(_dvc(repo, env, "repro", "pipelines/speechcommands/dvc.yaml")) == set()
+    assert not (repo / "data/demo").exists()  # the AudioSet pipeline did not run
