@@ -220,10 +220,10 @@ def dvc_argv(section: dict) -> list[str]:
 
 
 @pytest.mark.parametrize("preset,expect", [
-    ("train-audioset-balanced.yaml", {"lr": 2.5e-4, "batch_size": 8, "epochs": 16, "tstride": 12, "mixup": 0.5,
+    ("audioset-balanced.yaml", {"lr": 2.5e-4, "batch_size": 8, "epochs": 16, "tstride": 12, "mixup": 0.5,
                                       "timem": 192, "lr_decay_start": 10, "wa_start": 6, "kd_lambda": 0.1}),
-    ("train-audioset-full.yaml", {"lr": 1e-5, "epochs": 5, "balanced": True, "lr_decay_start": 2, "wa_end": 5}),
-    ("train-speechcommands.yaml", {"lr": 2.5e-4, "timem": 48, "mixup": 0.6, "noise": True, "target_frames": 128,
+    ("audioset-full.yaml", {"lr": 1e-5, "epochs": 5, "balanced": True, "lr_decay_start": 2, "wa_end": 5}),
+    ("speechcommands.yaml", {"lr": 2.5e-4, "timem": 48, "mixup": 0.6, "noise": True, "target_frames": 128,
                                    "lr_decay_factor": 0.85, "wa": False, "main_metric": "accuracy",
                                    "norm_mean": -6.845978}),
 ])
