@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from pipeline.cli import add_command
+from pipeline.commands.validate import add_signal_checks, signal_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     checks.add_argument("--max-seconds", type=float, default=None,
                         help="maximum length, seconds (default: 1 for speechcommands, 10 for folder)")
     checks.add_argument("--length-tolerance", type=float, default=0.05, help="allowed excess over --max-seconds, seconds")
-    checks.add_argument("--silence-peak-dbfs", type=float, default=-60.0, help="a clip whose peak is below this is silent, dBFS")
-    checks.add_argument("--silence-rms-dbfs", type=float, default=-70.0, help="a clip whose RMS is below this is silent, dBFS")
-    checks.add_argument("--clip-level", type=float, default=0.999,
-                        help="a sample at or beyond this fraction of full scale counts as clipped (0..1]")
-    checks.add_argument("--max-clipped-fraction", type=float, default=0.02,
-                        help="reject when more than this fraction of samples is clipped (0..1)")
-    checks.add_argument("--max-dc-offset", type=float, default=0.25,
-                        help="reject when |mean| exceeds this fraction of full scale (0..1)")
+    add_signal_checks(checks)
     parser.set_defaults(func=run)
 
 
@@ -87,8 +81,7 @@ def run(args: argparse.Namespace) -> int:
         sample_rate=args.sample_rate if args.sample_rate is not None else (16000 if speech else None),
         channels=args.channels, length_tolerance=args.length_tolerance, min_seconds=args.min_seconds,
         max_seconds=args.max_seconds if args.max_seconds is not None else (1.0 if speech else 10.0),
-        silence_peak_dbfs=args.silence_peak_dbfs, silence_rms_dbfs=args.silence_rms_dbfs, clip_level=args.clip_level,
-        max_clipped_fraction=args.max_clipped_fraction, max_dc_offset=args.max_dc_offset,
+        **signal_thresholds(args),
     )
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     for split, path in prepared.datafiles.items():

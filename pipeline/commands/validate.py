@@ -55,6 +55,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     checks.add_argument("--min-seconds", type=float, default=0.5, help="absolute minimum length, seconds")
     checks.add_argument("--max-seconds", type=float, default=10.0,
                         help="absolute maximum length (plus --length-tolerance), seconds")
+    add_signal_checks(checks)
+    parser.set_defaults(func=run)
+
+
+def add_signal_checks(checks: argparse._ArgumentGroup) -> None:
+    """The sample-level thresholds, shared with `fat prepare` so both commands judge clips alike."""
     checks.add_argument("--silence-peak-dbfs", type=float, default=-60.0,
                         help="a clip whose peak is below this is silent, dBFS")
     checks.add_argument("--silence-rms-dbfs", type=float, default=-70.0,
@@ -65,7 +71,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="reject when more than this fraction of samples is clipped (0..1)")
     checks.add_argument("--max-dc-offset", type=float, default=0.25,
                         help="reject when |mean| exceeds this fraction of full scale (0..1)")
-    parser.set_defaults(func=run)
+
+
+def signal_thresholds(args: argparse.Namespace) -> dict[str, float]:
+    """The values of `add_signal_checks`' options, as Thresholds keyword arguments."""
+    return {"silence_peak_dbfs": args.silence_peak_dbfs, "silence_rms_dbfs": args.silence_rms_dbfs,
+            "clip_level": args.clip_level, "max_clipped_fraction": args.max_clipped_fraction,
+            "max_dc_offset": args.max_dc_offset}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,9 +97,7 @@ def run(args: argparse.Namespace) -> int:
         labels = args.labels or args.metadata_dir / "class_labels_indices.csv"
     thresholds = Thresholds(
         sample_rate=args.sample_rate, channels=args.channels, length_tolerance=args.length_tolerance,
-        min_seconds=args.min_seconds, max_seconds=args.max_seconds, silence_peak_dbfs=args.silence_peak_dbfs,
-        silence_rms_dbfs=args.silence_rms_dbfs, clip_level=args.clip_level,
-        max_clipped_fraction=args.max_clipped_fraction, max_dc_offset=args.max_dc_offset,
+        min_seconds=args.min_seconds, max_seconds=args.max_seconds, **signal_thresholds(args),
     )
     settings = ValidateSettings(
         split=args.split, source=source, labels=labels, out_dir=args.out_dir, report_dir=args.report_dir,
