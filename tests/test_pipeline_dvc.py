@@ -200,7 +200,10 @@ def _check_stage_outputs(repo: Path) -> None:
         kept[split] = {entry["id"] for entry in datafile["data"]}
         assert kept[split] == {ytid for ytid in ids if ytid not in faults}
         assert (repo / f"data/datafiles/{split}/class_labels_indices.csv").is_file()
-        json.loads((repo / f"data/reports/{split}.validate.json").read_text())
+        summary = json.loads((repo / f"data/reports/{split}.validate.json").read_text())
+        per_class = _read_csv(repo / f"data/reports/{split}.classes.csv")
+        assert len(per_class) == 10 and summary["classes"]["listed"] == 10
+        assert sum(int(row["kept"]) for row in per_class) >= len(kept[split])  # every kept clip has a class
     with LogitsStore(repo / "data/logits/mn10_as.h5") as store:
         assert store.complete and store.attrs["random_init"]
         assert set(store.ids.tolist()) == kept["balanced_train"] | kept["eval"]

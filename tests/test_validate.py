@@ -90,7 +90,7 @@ def plant(audio: Path) -> tuple[list[tuple[str, float, float, str]], dict[str, s
     nan = noise(1.0)
     nan[1000] = np.nan
     write(path(clip("nan", "non-finite")), nan, subtype="FLOAT")
-    write(path(clip("zeros", "silent")), np.zeros(RATE, np.float32))
+    write(path(clip("zeros", "silent", labels="/m/0jbk")), np.zeros(RATE, np.float32))  # Animal's only clip
     dither = np.random.default_rng(0).integers(-1, 2, RATE).astype(np.float32) / 32768
     write(path(clip("dither", "silent")), dither)
     write(path(clip("dcline", "dc")), np.full(RATE, 0.3, np.float32))
@@ -168,6 +168,13 @@ def test_every_reason_is_found_good_clips_pass_and_nothing_is_touched(tmp_path: 
     assert set(summary["reasons"]) == set(REASONS)
     for reason in REASONS:
         assert summary["reasons"][reason] == sum(1 for r in expect.values() if r == reason)
+
+    # per class: what was listed and what is left, so a class that lost every clip is named
+    assert summary["classes"] == {"listed": 3, "kept": 2, "lost": 1}
+    classes = read_report(root / "reports" / "eval.classes.csv")
+    assert [(c["mid"], c["listed"], c["kept"]) for c in classes] == [
+        ("/m/09x0r", str(len(good) + len(expect) - 1), str(len(good))), ("/m/04rlf", "1", "1"), ("/m/0jbk", "1", "0")]
+    assert classes[2]["display_name"] == "Animal" and classes[2]["kept_fraction"] == "0.0000"
 
 
 def test_parallel_and_serial_runs_write_identical_outputs_and_a_fixed_clip_passes_next_time(tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "  <out-dir>/<split>.json                 AST datafile of the clips that pass (with ids)\n"
             "  <out-dir>/class_labels_indices.csv     the label CSV it refers to (copied)\n"
             "  <report-dir>/<split>.rejected.csv      id,path,reason,detail of every rejected clip\n"
-            "  <report-dir>/<split>.validate.json     counts per reason (DVC metrics)\n"
+            "  <report-dir>/<split>.validate.json     counts per reason and of classes (DVC metrics)\n"
+            "  <report-dir>/<split>.classes.csv       clips listed and kept per class\n"
             "Input: <metadata-dir>/<split>.csv with audio at <audio-dir>/<split>/<ytid>.wav,\n"
             "or an existing datafile (--datafile). A clip fixed later passes on the next run."
         ),
@@ -109,5 +110,9 @@ def run(args: argparse.Namespace) -> int:
     reasons = ", ".join(f"{reason} {n}" for reason, n in summary["reasons"].items() if n) or "none"
     log.info("%s: %d of %d clips pass (%.1f files/s); rejected: %s", args.split, summary["passed"],
              summary["clips"], summary["files_per_second"] or 0.0, reasons)
-    log.info("wrote %s, %s and %s", settings.datafile, settings.report, settings.summary)
+    classes = summary["classes"]
+    if classes["lost"]:
+        log.warning("%s: %d of %d classes lost every clip (see %s)", args.split, classes["lost"], classes["listed"],
+                    settings.class_report)
+    log.info("wrote %s, %s, %s and %s", settings.datafile, settings.report, settings.class_report, settings.summary)
     return 0

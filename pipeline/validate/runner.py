@@ -97,6 +97,10 @@ class ValidateSettings:
     def summary(self) -> Path:
         return self.report_dir / f"{self.split}.validate.json"
 
+    @property
+    def class_report(self) -> Path:
+        return self.report_dir / f"{self.split}.classes.csv"
+
 
 def run_validate(settings: ValidateSettings) -> dict[str, Any]:
     """Check every clip; write the datafile, the label CSV, the rejection report and the summary."""
@@ -114,6 +118,7 @@ def run_validate(settings: ValidateSettings) -> dict[str, Any]:
     labels = load_label_csv(settings.labels)
     source = settings.source
     counts = dict.fromkeys(REASONS, 0)
+    coverage = ClassCoverage(labels)
     passed_seconds = 0.0
     started = time.perf_counter()
     progress = _progress_bar(len(source), settings.split, settings.progress)
@@ -123,6 +128,7 @@ def run_validate(settings: ValidateSettings) -> dict[str, Any]:
         nonlocal passed_seconds
         for i, verdict in verdicts:
             progress.update(1)
+            coverage.add(split_labels(source.label_strings[i]), verdict.reason == PASS)
             if verdict.reason == PASS:
                 passed_seconds += verdict.seconds
                 yield DatafileEntry(source.ids[i], wav_reference(source.paths[i], settings.out_dir, settings.absolute_paths),
@@ -139,6 +145,7 @@ def run_validate(settings: ValidateSettings) -> dict[str, Any]:
     finally:
         progress.close()
     _copy_label_csv(settings.labels, settings.out_dir / LABEL_CSV_NAME)
+    coverage.write_csv(settings.class_report)
     seconds = time.perf_counter() - started
     summary = {
         "split": settings.split,
@@ -148,13 +155,61 @@ def run_validate(settings: ValidateSettings) -> dict[str, Any]:
         "rejected": len(source) - passed,
         "reasons": counts,
         "passed_audio_hours": round(passed_seconds / 3600, 4),
+        "classes": coverage.summary(),
         "seconds": round(seconds, 3),
         "files_per_second": round(len(source) / seconds, 1) if seconds > 0 else None,
         "workers": settings.workers,
         "thresholds": asdict(settings.thresholds),
     }
     write_json_atomic(settings.summary, summary)
+    lowest = coverage.lowest()
+    if lowest:
+        log.info("%s: classes that kept the smallest share of their clips: %s (all: %s)", settings.split,
+                 ", ".join(lowest), settings.class_report)
     return summary
+
+
+class ClassCoverage:
+    """Clips listed and kept per class: the "why is my dataset smaller than yours" view.
+
+    A split that loses a rare class loses that class's AP outright, which moves mAP far more than
+    the same number of clips spread over common classes; this names such classes.
+    """
+
+    COLUMNS = ("index", "mid", "display_name", "listed", "kept", "kept_fraction")
+
+    def __init__(self, labels: LabelSet) -> None:
+        self.labels = labels
+        self.listed = np.zeros(len(labels), dtype=np.int64)
+        self.kept = np.zeros(len(labels), dtype=np.int64)
+
+    def add(self, mids: Iterable[str], kept: bool) -> None:
+        for mid in mids:
+            if mid in self.labels:  # unknown labels are rejected (and reported) on their own
+                index = self.labels.index_of(mid)
+                self.listed[index] += 1
+                self.kept[index] += kept
+
+    def write_csv(self, path: Path) -> None:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(self.COLUMNS)
+            for i, (mid, name) in enumerate(zip(self.labels.mids, self.labels.names, strict=True)):
+                share = f"{self.kept[i] / self.listed[i]:.4f}" if self.listed[i] else ""
+                writer.writerow((i, mid, name, int(self.listed[i]), int(self.kept[i]), share))
+
+    def summary(self) -> dict[str, int]:
+        """Numbers only (the summary is a DVC metrics file): classes listed, kept, lost entirely."""
+        listed = self.listed > 0
+        return {"listed": int(listed.sum()), "kept": int((self.kept > 0).sum()),
+                "lost": int((listed & (self.kept == 0)).sum())}
+
+    def lowest(self, count: int = 5) -> list[str]:
+        """The classes that kept the smallest share of their clips, as 'name (kept/listed)'."""
+        listed = np.flatnonzero(self.listed > 0)
+        share = self.kept[listed] / self.listed[listed]
+        chosen = listed[np.argsort(share, kind="stable")[:count]]
+        return [f"{self.labels.names[i]} ({self.kept[i]}/{self.listed[i]})" for i in chosen if self.kept[i] < self.listed[i]]
 
 
 def _verdicts(source: ClipSource, labels: LabelSet, settings: ValidateSettings) -> Iterator[tuple[int, Verdict]]:
