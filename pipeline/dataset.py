@@ -56,6 +56,15 @@ class PackedStrings:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
+    @classmethod
+    def concatenate(cls, parts: Sequence["PackedStrings"]) -> "PackedStrings":
+        """One list holding the strings of `parts` in order, without decoding them."""
+        joined = cls(())
+        joined.blob = np.concatenate([p.blob for p in parts]) if parts else joined.blob
+        shifts = np.cumsum([0] + [p.offsets[-1] for p in parts[:-1]])
+        joined.offsets = np.concatenate([[0], *(p.offsets[1:] + shift for p, shift in zip(parts, shifts))]).astype(np.int64)
+        return joined
+
 
 @dataclass(frozen=True)
 class ClipList:
@@ -100,6 +109,30 @@ class ClipList:
                 f"{self.source}: single-label training (--loss ce) needs exactly one label per clip; "
                 f"{bad.size} clips do not: {shown}{' ...' if bad.size > 5 else ''}"
             )
+
+
+def load_clip_lists(datafiles: Sequence[str | Path], label_set: Any) -> ClipList:
+    """Several datafiles as one list (e.g. AudioSet balanced + unbalanced = AST's full training set).
+
+    Each file's relative wav paths resolve against its own folder; an id listed by two files is an
+    error naming both, because the clip would be drawn twice as often and its teacher row is one.
+    """
+    if len(datafiles) == 1:
+        return load_clip_list(datafiles[0], label_set)
+    parts = [load_clip_list(path, label_set) for path in datafiles]
+    first_seen: dict[str, str] = {}
+    for part in parts:
+        for clip_id in part.ids:
+            if clip_id in first_seen:
+                raise FatError(f"clip {clip_id} is listed in both {first_seen[clip_id]} and {part.source}")
+            first_seen[clip_id] = part.source
+    offsets, shift = [np.zeros(1, np.int64)], 0
+    for part in parts:
+        offsets.append(part.offsets[1:] + shift)
+        shift += int(part.offsets[-1])
+    return ClipList(PackedStrings.concatenate([p.ids for p in parts]), PackedStrings.concatenate([p.paths for p in parts]),
+                    np.concatenate([p.class_indices for p in parts]), np.concatenate(offsets),
+                    len(label_set), " + ".join(p.source for p in parts))
 
 
 def load_clip_list(datafile: str | Path, label_set: Any) -> ClipList:

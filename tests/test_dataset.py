@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from pipeline.dataset import (
     Features,
     PackedStrings,
     load_clip_list,
+    load_clip_lists,
     load_teacher_table,
     mix_waves,
 )
@@ -156,3 +159,21 @@ def test_packed_strings_round_trip():
     packed = PackedStrings(words)
     assert len(packed) == 3 and list(packed) == words and packed[1] == words[1]
     assert isinstance(packed.blob, np.ndarray) and packed.offsets.dtype == np.int64
+
+
+def test_several_datafiles_train_as_one_list_and_a_shared_id_is_named(task, clips, label_set, tmp_path):
+    """AST's full AudioSet is balanced + unbalanced: two datafiles, each with paths relative to itself."""
+    entries = json.loads(task.train.read_text())["data"]
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps({"data": [{**e, "wav": str(task.root / e["wav"])} for e in entries[:4]]}))
+    nested = task.root / "more" / "second.json"  # relative paths resolve against its own folder
+    nested.parent.mkdir(exist_ok=True)
+    nested.write_text(json.dumps({"data": [{**e, "wav": "../" + e["wav"]} for e in entries[4:]]}))
+    joined = load_clip_lists([first, nested], label_set)
+    assert len(joined) == len(clips) and list(joined.ids) == list(clips.ids)
+    assert [str(p) for p in joined.paths] == [str(p) for p in clips.paths]
+    for i in range(len(clips)):
+        assert joined.classes_of(i).tolist() == clips.classes_of(i).tolist()
+    assert str(first) in joined.source and str(nested) in joined.source
+    with pytest.raises(FatError, match=f"clip {entries[0]['id']} is listed in both .*first.json and .*train.json"):
+        load_clip_lists([first, task.train], label_set)

@@ -116,7 +116,13 @@ def test_missing_teacher_rows_error_by_default_and_mask_trains(task, tmp_path, c
     err = capsys.readouterr().err
     assert "4 of 40 clips" in err and "train000, train001, train002, train003" in err
     assert not (tmp_path / "a" / "student.pt").exists()
-    assert main([*args, "--out", str(tmp_path / "b"), "--missing-teacher", "mask"]) == 0
+    # the same clips from two datafiles (as balanced + unbalanced AudioSet): one list, one coverage
+    entries = json.loads(task.train.read_text())["data"]
+    halves = [tmp_path / "first.json", tmp_path / "second.json"]
+    for path, part in zip(halves, (entries[:25], entries[25:]), strict=True):
+        path.write_text(json.dumps({"data": [{**e, "wav": str(task.root / e["wav"])} for e in part]}))
+    split = [*args[:2], *map(str, halves), *args[3:]]
+    assert main([*split, "--labels", str(task.labels), "--out", str(tmp_path / "b"), "--missing-teacher", "mask"]) == 0
     row = read_csv(tmp_path / "b" / "epochs.csv")[0]
     assert float(row["train/teacher_coverage"]) == pytest.approx(36 / 40)
 

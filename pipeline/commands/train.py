@@ -29,10 +29,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--train", type=Path, required=True, help="training datafile (AST JSON); required, default: none")
+    data.add_argument("--train", type=Path, nargs="+", required=True, metavar="DATAFILE",
+                      help="training datafile(s) (AST JSON), several are drawn from as one list "
+                           "(e.g. balanced + unbalanced AudioSet); required, default: none")
     data.add_argument("--valid", type=Path, required=True, help="validation datafile (AST JSON), scored every epoch; required, default: none")
     data.add_argument("--labels", type=Path, default=None,
-                      help="label CSV index,mid,display_name (default: class_labels_indices.csv beside --train)")
+                      help="label CSV index,mid,display_name (default: class_labels_indices.csv beside the first --train)")
     data.add_argument("--teacher", type=Path, default=None,
                       help="teacher logits store (HDF5 from `fat logits`); needed when --kd-lambda < 1 (default: none)")
     data.add_argument("--missing-teacher", choices=("error", "mask"), default="error",
@@ -128,7 +130,7 @@ def config_from_args(args: argparse.Namespace):
     """The TrainConfig these options describe."""
     from pipeline.training import TrainConfig
 
-    labels = args.labels if args.labels is not None else args.train.parent / "class_labels_indices.csv"
+    labels = args.labels if args.labels is not None else args.train[0].parent / "class_labels_indices.csv"
     tome_r = args.tome_r[0] if len(args.tome_r) == 1 else ",".join(args.tome_r)
     return TrainConfig(
         train=args.train, valid=args.valid, labels=labels, out=args.out, teacher=args.teacher,

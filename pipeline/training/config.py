@@ -30,7 +30,7 @@ RESUME_INVARIANT = (
 @dataclass
 class TrainConfig:
     # data
-    train: Path
+    train: tuple[Path, ...]  # one or more datafiles, drawn from as one list
     valid: Path
     labels: Path
     out: Path
@@ -92,7 +92,9 @@ class TrainConfig:
     dvclive: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("train", "valid", "labels", "out", "teacher", "imagenet_weights", "ast_checkpoint"):
+        paths = [self.train] if isinstance(self.train, (str, Path)) else list(self.train)
+        self.train = tuple(Path(p) for p in paths)
+        for name in ("valid", "labels", "out", "teacher", "imagenet_weights", "ast_checkpoint"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 setattr(self, name, Path(value))
@@ -150,8 +152,9 @@ class TrainConfig:
                            "lower it or pass --no-wa")
         if not 0.0 <= self.beta1 < 1.0 or not 0.0 <= self.beta2 < 1.0:
             raise FatError("Adam betas must lie in [0, 1)")
-        for name in ("train", "valid", "labels"):
-            path = getattr(self, name)
+        if not self.train:
+            raise FatError("--train needs at least one datafile")
+        for name, path in [*(("train", p) for p in self.train), ("valid", self.valid), ("labels", self.labels)]:
             if not path.is_file():
                 raise FatError(f"{path}: no such file (--{name})")
         for name in ("teacher", "imagenet_weights", "ast_checkpoint"):
@@ -161,7 +164,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (for checkpoints loaded with weights_only=True, and for logs)."""
-        return {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(self).items()}
+        def plain(value: Any) -> Any:
+            if isinstance(value, Path):
+                return str(value)
+            return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+        return {key: plain(value) for key, value in asdict(self).items()}
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -85,12 +85,12 @@ class Trainer:
 
     def build_data(self) -> None:
         from pipeline.datafile import load_label_csv
-        from pipeline.dataset import Augment, ClipDataset, Features, load_clip_list, load_teacher_table
+        from pipeline.dataset import Augment, ClipDataset, Features, load_clip_list, load_clip_lists, load_teacher_table
         from pipeline.sampling import EpochSampler, balanced_weights
 
         cfg = self.config
         self.label_set = load_label_csv(cfg.labels)
-        self.train_clips = load_clip_list(cfg.train, self.label_set)
+        self.train_clips = load_clip_lists(cfg.train, self.label_set)
         self.valid_clips = load_clip_list(cfg.valid, self.label_set)
         for clips in (self.train_clips, self.valid_clips):
             missing = [clips.paths[i] for i in range(len(clips)) if not Path(clips.paths[i]).is_file()]
