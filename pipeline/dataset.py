@@ -58,12 +58,20 @@ class PackedStrings:
 
     @classmethod
     def concatenate(cls, parts: Sequence["PackedStrings"]) -> "PackedStrings":
-        """One list holding the strings of `parts` in order, without decoding them."""
-        joined = cls(())
-        joined.blob = np.concatenate([p.blob for p in parts]) if parts else joined.blob
-        shifts = np.cumsum([0] + [p.offsets[-1] for p in parts[:-1]])
-        joined.offsets = np.concatenate([[0], *(p.offsets[1:] + shift for p, shift in zip(parts, shifts))]).astype(np.int64)
+        """One list holding the strings of `parts` in order, joined as bytes (nothing decoded)."""
+        joined = cls.__new__(cls)
+        joined.blob = np.concatenate([p.blob for p in parts]) if parts else np.zeros(0, np.uint8)
+        joined.offsets = _join_offsets([p.offsets for p in parts])
         return joined
+
+
+def _join_offsets(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """CSR offsets of consecutive parts as the offsets of their concatenation."""
+    joined, shift = [np.zeros(1, np.int64)], 0
+    for offsets in parts:
+        joined.append(offsets[1:] + shift)
+        shift += int(offsets[-1])
+    return np.concatenate(joined).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,13 @@ class ClipList:
         flat = np.fromiter((k for c in classes for k in c), dtype=np.int32, count=int(offsets[-1]))
         return cls(PackedStrings(ids), PackedStrings(paths), flat, offsets, num_classes, source)
 
+    @classmethod
+    def concatenate(cls, parts: Sequence["ClipList"]) -> "ClipList":
+        """The clips of `parts` in order, as one list (same label set)."""
+        return cls(PackedStrings.concatenate([p.ids for p in parts]), PackedStrings.concatenate([p.paths for p in parts]),
+                   np.concatenate([p.class_indices for p in parts]), _join_offsets([p.offsets for p in parts]),
+                   parts[0].num_classes, " + ".join(p.source for p in parts))
+
     def check_single_label(self) -> None:
         """Cross-entropy needs exactly one class per clip: name the first clips that break that."""
         bad = np.flatnonzero(self.label_counts() != 1)
@@ -126,13 +141,7 @@ def load_clip_lists(datafiles: Sequence[str | Path], label_set: Any) -> ClipList
             if clip_id in first_seen:
                 raise FatError(f"clip {clip_id} is listed in both {first_seen[clip_id]} and {part.source}")
             first_seen[clip_id] = part.source
-    offsets, shift = [np.zeros(1, np.int64)], 0
-    for part in parts:
-        offsets.append(part.offsets[1:] + shift)
-        shift += int(part.offsets[-1])
-    return ClipList(PackedStrings.concatenate([p.ids for p in parts]), PackedStrings.concatenate([p.paths for p in parts]),
-                    np.concatenate([p.class_indices for p in parts]), np.concatenate(offsets),
-                    len(label_set), " + ".join(p.source for p in parts))
+    return ClipList.concatenate(parts)
 
 
 def load_clip_list(datafile: str | Path, label_set: Any) -> ClipList:

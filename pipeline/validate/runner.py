@@ -128,11 +128,12 @@ def run_validate(settings: ValidateSettings) -> dict[str, Any]:
         nonlocal passed_seconds
         for i, verdict in verdicts:
             progress.update(1)
-            coverage.add(split_labels(source.label_strings[i]), verdict.reason == PASS)
+            mids = split_labels(source.label_strings[i])
+            coverage.add(mids, verdict.reason == PASS)
             if verdict.reason == PASS:
                 passed_seconds += verdict.seconds
                 yield DatafileEntry(source.ids[i], wav_reference(source.paths[i], settings.out_dir, settings.absolute_paths),
-                                    split_labels(source.label_strings[i]))
+                                    mids)
             else:
                 counts[verdict.reason] += 1
                 report.writerow((source.ids[i], source.paths[i], verdict.reason, verdict.detail))
