@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from dvc.parsing.interpolate import to_str
 
 from pipeline.cli import build_parser, main
 from tests.train_fixtures import make_task, oracle_logits, write_store
@@ -213,16 +215,8 @@ def test_weight_average_is_the_mean_of_epoch_weights():
 
 
 def dvc_argv(section: dict) -> list[str]:
-    """The command line DVC builds from a params section (bool → --key / --no-key, lists spread)."""
-    argv = ["train"]
-    for key, value in section.items():
-        if isinstance(value, bool):
-            argv.append(f"--{key}" if value else f"--no-{key}")
-        elif isinstance(value, list):
-            argv += [f"--{key}", *map(str, value)]
-        else:
-            argv += [f"--{key}", str(value)]
-    return argv
+    """The command line DVC itself renders from a params section (`${train}` with boolean_optional)."""
+    return ["train", *shlex.split(to_str(section, config={"bool": "boolean_optional"}))]
 
 
 @pytest.mark.parametrize("preset,expect", [
