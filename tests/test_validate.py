@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import subprocess
 from pathlib import Path
@@ -81,6 +82,12 @@ def plant(audio: Path) -> tuple[list[tuple[str, float, float, str]], dict[str, s
     path(clip("plaintext", "unreadable")).write_text("ERROR: Sign in to confirm you're not a bot\n")
     good_bytes = _wav_bytes(noise(1.0, seed=6))
     path(clip("cut-header", "unreadable")).write_bytes(good_bytes[:30])
+    flac = io.BytesIO()
+    sf.write(flac, noise(1.0, seed=7), RATE, format="FLAC")
+    garbled = bytearray(flac.getvalue())
+    middle = len(garbled) // 2
+    garbled[middle:middle + 400] = bytes((b * 7 + 13) % 256 for b in garbled[middle:middle + 400])
+    path(clip("flac-nosync", "unreadable")).write_bytes(bytes(garbled))  # the decoder fails mid-stream
     write(path(clip("rate16k", "sample-rate")), noise(1.0, rate=16000), rate=16000)
     write(path(clip("stereo", "channels")), np.stack([noise(1.0), noise(1.0, seed=9)], axis=1))
     write(path(clip("truncated", "too-short", end=2.0)), noise(0.7))  # the source ended inside the window
@@ -143,6 +150,7 @@ def test_every_reason_is_found_good_clips_pass_and_nothing_is_touched(tmp_path: 
     assert details["zerobytes"] == "zero bytes"
     assert "HTML" in details["htmlpage"] and "text" in details["plaintext"]
     assert "truncated" in details["cut-header"]
+    assert "decoding failed" in details["flac-nosync"]
     assert "16000 Hz" in details["rate16k"] and "2 channels" in details["stereo"]
     assert "minimum" in details["tiny"] and "window" in details["truncated"]
     assert "digital silence" in details["zeros"] and "-90" in details["dither"]

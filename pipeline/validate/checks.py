@@ -106,7 +106,10 @@ def check_file(path: str, window_seconds: float, limits: Thresholds) -> Verdict:
         else:
             dtype, full_scale = np.float32, 1.0
         buffer = _scratch(dtype, frames * channels).reshape(frames, channels)
-        samples = handle.read(frames, dtype=np.dtype(dtype).name, always_2d=True, out=buffer)
+        try:
+            samples = handle.read(frames, dtype=np.dtype(dtype).name, always_2d=True, out=buffer)
+        except (sf.LibsndfileError, RuntimeError) as exc:  # e.g. a FLAC that lost sync mid-stream
+            return Verdict("unreadable", f"decoding failed: {_message(exc)}", 0.0)
     seconds = frames / rate
     if len(samples) != frames:
         return Verdict("unreadable", f"truncated: read {len(samples)} of {frames} frames", len(samples) / rate)

@@ -259,7 +259,15 @@ def _label_verdict(source: ClipSource, labels: LabelSet, i: int, seen: set[str] 
 
 def check_batch(tasks: list[tuple[str, float]], limits: Thresholds) -> list[Verdict]:
     """Run in a worker: the verdicts of a batch of (path, window seconds)."""
-    return [check_file(path, window, limits) for path, window in tasks]
+    return [_checked(path, window, limits) for path, window in tasks]
+
+
+def _checked(path: str, window: float, limits: Thresholds) -> Verdict:
+    """One file's verdict; a decoder failing in a way no check foresaw still only rejects that file."""
+    try:
+        return check_file(path, window, limits)
+    except Exception as exc:  # noqa: BLE001 - reported per file, never ends the run
+        return Verdict("unreadable", f"unexpected {type(exc).__name__}: {exc}", 0.0)
 
 
 Meta = TypeVar("Meta")
