@@ -191,12 +191,12 @@ def primary_metric(multi_label: bool) -> str:
 def ranks_by_map(metric: str, config: dict[str, Any], targets: np.ndarray, clips: Any) -> bool:
     """True when mAP is the main metric, False for top-1 accuracy.
 
-    `metric` auto follows the student: accuracy for a single-label (cross-entropy) student, mAP
-    otherwise. Accuracy needs exactly one label per clip (Speech Commands trains with BCE but is
-    scored by accuracy, as AST does: pass --metric accuracy).
+    `metric` auto follows the student: its `main_metric` (fat train --metric), else accuracy for a
+    single-label (cross-entropy) student and mAP otherwise. Accuracy needs exactly one label per
+    clip (Speech Commands trains with BCE but is scored by accuracy, as AST does).
     """
-    if metric == "auto":
-        metric = "map" if bool(config.get("multi_label", True)) else "accuracy"
+    if metric == "auto":  # what the student was trained to be scored by, else what its loss implies
+        metric = config.get("main_metric") or ("map" if bool(config.get("multi_label", True)) else "accuracy")
     if metric == "accuracy":
         counts = targets.sum(axis=1)
         if not np.all(counts == 1):

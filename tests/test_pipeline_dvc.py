@@ -23,6 +23,7 @@ import pytest
 import yaml
 from dvc.parsing.interpolate import to_str
 
+from pipeline.checkpoint import load_student
 from pipeline.cli import build_parser
 from pipeline.dvcargs import normalise_argv
 
@@ -176,7 +177,6 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 def _check_stage_outputs(repo: Path) -> None:
     """Every stage's outputs, and that each broken clip was caught where it should be."""
-    from pipeline.checkpoint import load_student
     from pipeline.store import LogitsStore
 
     clips = _read_csv(repo / "data/demo/clips.csv")
@@ -314,5 +314,9 @@ def test_speechcommands_pipeline_under_dvc(tmp_path: Path) -> None:
     report = json.loads((repo / "reports/speechcommands/eval.json").read_text())
     assert set(report["student"]) == {"r=0", "r=2"} and "teacher" not in report
     assert 0.0 <= report["student"]["r=0"]["accuracy"] <= 1.0
+    # BCE training scored by accuracy (train.metric): every epoch logs it, the student file says so
+    epochs = _read_csv(repo / "models/speechcommands/epochs.csv")
+    assert all(0.0 <= float(row["valid/accuracy"]) <= 1.0 for row in epochs)
+    assert load_student(repo / "models/speechcommands/student.pt")[1]["main_metric"] == "accuracy"
     assert _ran(_dvc(repo, env, "repro", "pipelines/speechcommands/dvc.yaml")) == set()
     assert not (repo / "data/demo").exists()  # the AudioSet pipeline did not run

@@ -38,7 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--compare", nargs="+", type=Path, default=[], metavar="CHECKPOINT",
                         help="other student files evaluated at r=0 on the same chart (default: none)")
     parser.add_argument("--metric", choices=("auto", "map", "accuracy"), default="auto",
-                        help="main metric: auto = accuracy for a single-label (cross-entropy) student, else mAP; "
+                        help="main metric: auto = the one the student was trained with (fat train --metric), else "
+                             "accuracy for a single-label (cross-entropy) student and mAP otherwise; "
                              "mAP, mean AUC and d' are always reported")
     parser.add_argument("--batch-size", type=int, default=32, help="clips per batch for scoring and timing")
     parser.add_argument("--warmup-batches", type=int, default=2, help="untimed batches before timing (count)")

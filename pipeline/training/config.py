@@ -111,6 +111,12 @@ class TrainConfig:
         return "map" if self.loss == "bce" else "accuracy"
 
     @property
+    def reports_accuracy(self) -> bool:
+        """Top-1 accuracy is scored for single-label losses and whenever it is the main metric
+        (Speech Commands: BCE training, accuracy as AST reports it)."""
+        return not self.multi_label or self.main_metric == "accuracy"
+
+    @property
     def uses_teacher(self) -> bool:
         return self.kd_lambda < 1.0
 

@@ -96,8 +96,10 @@ class Trainer:
             missing = [clips.paths[i] for i in range(len(clips)) if not Path(clips.paths[i]).is_file()]
             if missing:
                 raise FatError(f"{clips.source}: {len(missing)} audio file(s) missing, e.g. {missing[0]}")
-            if not cfg.multi_label:
-                clips.check_single_label()
+        if not cfg.multi_label:
+            self.train_clips.check_single_label()
+        if cfg.reports_accuracy:
+            self.valid_clips.check_single_label()
         teacher = None
         if cfg.uses_teacher:
             teacher = load_teacher_table(cfg.teacher, self.train_clips, self.label_set, cfg.missing_teacher)
@@ -308,7 +310,8 @@ class Trainer:
     def end_epoch(self) -> None:
         cfg = self.config
         sums = distributed.sum_floats(self.context, self.epoch_sums)
-        metrics = validate(self.model, self.valid_loader, self.valid_set, self.context, self.precision, cfg.multi_label)
+        metrics = validate(self.model, self.valid_loader, self.valid_set, self.context, self.precision, cfg.multi_label,
+                           cfg.reports_accuracy)
         if self.averager is not None and self.averager.wants(self.epoch):
             self.averager.update(self.model)
         clips = max(sums[4], 1.0)
@@ -339,7 +342,7 @@ class Trainer:
         if averaged:
             self.model.load_state_dict(self.averager.averaged_state(self.model))
             metrics = validate(self.model, self.valid_loader, self.valid_set, self.context, self.precision,
-                               cfg.multi_label)
+                               cfg.multi_label, cfg.reports_accuracy)
             if self.averager.end > cfg.epochs and self.context.is_main:
                 log.warning("weight averaging used epochs %d..%d (--wa-end %d is past the last epoch)",
                             self.averager.start, cfg.epochs, self.averager.end)
@@ -364,6 +367,7 @@ class Trainer:
         cfg = self.config
         return {
             "norm_mean": cfg.norm_mean, "norm_std": cfg.norm_std, "multi_label": cfg.multi_label,
+            "main_metric": cfg.main_metric,
             "label_csv_sha256": getattr(self.label_set, "sha256", None), "tome_r": cfg.tome_r,
             "tome_r_per_layer": list(self.tome_r_layers), "target_frames": cfg.target_frames,
             "num_mel_bins": cfg.num_mel_bins,

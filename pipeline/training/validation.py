@@ -56,8 +56,9 @@ def gather_predictions(context: distributed.Context, indices: np.ndarray, logits
     return ordered
 
 
-def score(logits: np.ndarray, targets: np.ndarray, multi_label: bool) -> dict[str, float]:
-    """Validation loss and metrics, as AST reports them (mAP, mAUC, d'; accuracy for single-label)."""
+def score(logits: np.ndarray, targets: np.ndarray, multi_label: bool, with_accuracy: bool | None = None) -> dict[str, float]:
+    """Validation loss and metrics, as AST reports them (mAP, mAUC, d'; top-1 accuracy for single-label
+    tasks, or when asked for: `with_accuracy`, default = not multi_label)."""
     from pipeline.metrics import accuracy, multilabel_metrics
 
     z = torch.from_numpy(logits).double()
@@ -68,19 +69,19 @@ def score(logits: np.ndarray, targets: np.ndarray, multi_label: bool) -> dict[st
         loss = torch.nn.functional.cross_entropy(z, y.argmax(dim=1)).item()
     ranking = multilabel_metrics(targets, logits)
     metrics = {"loss": loss, "mAP": ranking["mAP"], "mAUC": ranking["mAUC"], "d_prime": ranking["d_prime"]}
-    if not multi_label:
+    if (not multi_label) if with_accuracy is None else with_accuracy:
         metrics["accuracy"] = accuracy(targets, logits)["accuracy"]
     return metrics
 
 
 def validate(model: nn.Module, loader: DataLoader, dataset: ClipDataset, context: distributed.Context,
-             precision: Precision, multi_label: bool) -> dict[str, float]:
+             precision: Precision, multi_label: bool, with_accuracy: bool | None = None) -> dict[str, float]:
     """Metrics over the whole validation set on rank 0; {} on the other ranks (they only predict)."""
     indices, logits = predict_shard(model, loader, context.device, precision)
     ordered = gather_predictions(context, indices, logits, len(dataset))
     if ordered is None:
         return {}
     targets = np.stack([dataset.clips.multi_hot(i) for i in range(len(dataset))])
-    metrics = score(ordered, targets, multi_label)
+    metrics = score(ordered, targets, multi_label, with_accuracy)
     metrics["clips"] = float(len(dataset))
     return metrics
