@@ -15,6 +15,7 @@ same item whatever the number of workers.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -107,6 +108,13 @@ class ClipList:
         np.cumsum(counts, out=offsets[1:])
         flat = np.fromiter((k for c in classes for k in c), dtype=np.int32, count=int(offsets[-1]))
         return cls(PackedStrings(ids), PackedStrings(paths), flat, offsets, num_classes, source)
+
+    def fingerprint(self) -> str:
+        """sha256 of the ids and their classes in order (not the paths: a moved corpus is the same data)."""
+        digest = hashlib.sha256()
+        for array in (self.ids.offsets, self.ids.blob, self.offsets, self.class_indices):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
 
     @classmethod
     def concatenate(cls, parts: Sequence["ClipList"]) -> "ClipList":

@@ -50,13 +50,16 @@ def base_args(task, out: Path, *extra: str) -> list[str]:
             str(task.root / "teacher.h5"), "--out", str(out), *TINY, *extra]
 
 
+LEARNED = ("--kd-lambda", "0.5", "--mixup", "0.3", "--freqm", "8", "--timem", "10", "--epochs", "5", "--batch-size",
+           "8", "--lr", "3e-4", "--warmup-steps", "5", "--lr-decay-start", "100", "--wa-start", "3", "--wa-end", "5",
+           "--log-every", "2")
+
+
 @pytest.fixture(scope="module")
 def learned(task):
     """One real training run shared by the tests that inspect its outputs."""
     out = task.root / "run"
-    code = main(base_args(task, out, "--kd-lambda", "0.5", "--mixup", "0.3", "--freqm", "8", "--timem", "10",
-                          "--epochs", "5", "--batch-size", "8", "--lr", "3e-4", "--warmup-steps", "5",
-                          "--lr-decay-start", "100", "--wa-start", "3", "--wa-end", "5", "--log-every", "2"))
+    code = main(base_args(task, out, *LEARNED))
     assert code == 0
     return out
 
@@ -107,6 +110,19 @@ def test_existing_run_is_never_overwritten_and_resume_refuses_changed_settings(t
     assert "already lives in" in capsys.readouterr().err
     assert main(base_args(task, learned, "--kd-lambda", "0.2", "--resume")) == 2
     assert "kd_lambda: 0.5 → 0.2" in capsys.readouterr().err
+    # the same settings on other clips (one label changed, same count) is another run, not this one
+    entries = json.loads(task.train.read_text())["data"]
+    entries[0] = {**entries[0], "labels": entries[1]["labels"] if entries[1]["labels"] != entries[0]["labels"]
+                  else entries[2]["labels"]}
+    other = task.root / "other" / "train.json"
+    other.parent.mkdir(exist_ok=True)
+    other.write_text(json.dumps({"data": [{**e, "wav": str(task.root / e["wav"])} for e in entries]}))
+    args = base_args(task, learned, *LEARNED, "--resume", "--labels", str(task.labels))
+    args[args.index("--train") + 1] = str(other)
+    before = (learned / "train_state.pt").read_bytes()
+    assert main(args) == 2
+    assert "the training clips differ from the saved run's" in capsys.readouterr().err
+    assert (learned / "train_state.pt").read_bytes() == before
 
 
 def test_missing_teacher_rows_error_by_default_and_mask_trains(task, tmp_path, capsys):

@@ -23,7 +23,8 @@ MISSING_TEACHER = ("error", "mask")
 RESUME_INVARIANT = (
     "model_size", "fstride", "tstride", "target_frames", "num_mel_bins", "loss", "batch_size", "accum_steps",
     "seed", "balanced", "epoch_size", "kd_lambda", "kd_temperature", "mixup", "freqm", "timem", "noise",
-    "time_shift", "lr", "tome_r",
+    "time_shift", "lr", "tome_r", "warmup_steps", "lr_decay_start", "lr_decay_step", "lr_decay_factor", "wa",
+    "wa_start", "weight_decay", "beta1", "beta2", "grad_clip", "drop_path", "norm_mean", "norm_std",
 )
 
 

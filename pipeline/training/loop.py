@@ -25,7 +25,7 @@ from pipeline.training.config import RESUME_INVARIANT, TrainConfig
 from pipeline.training.logs import RunLog
 from pipeline.training.precision import choose_precision
 from pipeline.training.schedule import LRSchedule
-from pipeline.training.state import STATE_NAME, check_compatible, load_state, rng_state, save_state, set_rng_state
+from pipeline.training.state import STATE_NAME, check_compatible, check_same_data, load_state, rng_state, save_state, set_rng_state
 from pipeline.training.validation import validate, validation_loader
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,8 @@ class Trainer:
             self.train_clips.check_single_label()
         if cfg.reports_accuracy:
             self.valid_clips.check_single_label()
+        self.data_identity = {"label CSV": self.label_set.sha256, "training clips": self.train_clips.fingerprint(),
+                              "validation clips": self.valid_clips.fingerprint()}
         teacher = None
         if cfg.uses_teacher:
             teacher = load_teacher_table(cfg.teacher, self.train_clips, self.label_set, cfg.missing_teacher)
@@ -193,6 +195,7 @@ class Trainer:
         self.step_rows: list[dict[str, Any]] = []
         self.finished, self.final_metrics = False, {}
         if state is not None:
+            check_same_data(cfg.out / STATE_NAME, state.get("data"), self.data_identity)
             self.restore(state)
             log.info("resuming %s at epoch %d, batch %d", cfg.out, self.epoch, self.batches_done)
         self.runlog = RunLog(cfg.out, self.context.is_main, cfg.dvclive, cfg.progress)
@@ -382,6 +385,7 @@ class Trainer:
             return
         save_state(self.config.out, {
             "config": self.config.to_dict(),
+            "data": self.data_identity,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),

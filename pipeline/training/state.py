@@ -54,6 +54,16 @@ def load_state(out: Path) -> dict[str, Any] | None:
     return payload
 
 
+def check_same_data(path: Path, saved: dict[str, str] | None, current: dict[str, str]) -> None:
+    """Resuming on other clips or another label list would silently continue a different run."""
+    if saved is None:  # a state written before data identities were recorded
+        return
+    changed = [name for name, digest in current.items() if saved.get(name) != digest]
+    if changed:
+        raise FatError(f"{path}: cannot resume: the {', '.join(changed)} differ from the saved run's (ids, "
+                       "classes or label CSV changed); use the original data or a new --out")
+
+
 def check_compatible(path: Path, saved: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...]) -> None:
     """Resuming with settings that change what the state means is refused, naming them."""
     changed = [f"{key}: {saved.get(key)!r} → {current.get(key)!r}" for key in keys if saved.get(key) != current.get(key)]
