@@ -153,12 +153,14 @@ def load_clip_lists(datafiles: Sequence[str | Path], label_set: Any) -> ClipList
 
 
 def load_clip_list(datafile: str | Path, label_set: Any) -> ClipList:
-    """Read an AST datafile against a label set (pipeline.datafile) into a ClipList."""
+    """Read an AST datafile against a label set (pipeline.datafile) into a ClipList; every clip's
+    audio must exist (a FatError names the missing ones) before training or evaluation starts."""
     from pipeline.datafile import load_datafile
 
     data = load_datafile(datafile, label_set)
     if len(data) == 0:
         raise FatError(f"{datafile}: the datafile lists no clips")
+    data.check_files_exist()
     return ClipList(PackedStrings(data.ids), PackedStrings(data.paths),
                     np.asarray(data.class_flat, dtype=np.int32), np.asarray(data.class_offsets, dtype=np.int64),
                     len(label_set), str(datafile))

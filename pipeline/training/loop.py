@@ -92,10 +92,6 @@ class Trainer:
         self.label_set = load_label_csv(cfg.labels)
         self.train_clips = load_clip_lists(cfg.train, self.label_set)
         self.valid_clips = load_clip_list(cfg.valid, self.label_set)
-        for clips in (self.train_clips, self.valid_clips):
-            missing = [clips.paths[i] for i in range(len(clips)) if not Path(clips.paths[i]).is_file()]
-            if missing:
-                raise FatError(f"{clips.source}: {len(missing)} audio file(s) missing, e.g. {missing[0]}")
         if not cfg.multi_label:
             self.train_clips.check_single_label()
         if cfg.reports_accuracy:
