@@ -97,6 +97,13 @@ class ClipList:
         target[self.classes_of(i)] = 1.0
         return target
 
+    def targets(self) -> np.ndarray:
+        """Every clip's multi-hot row, float32 (N, C), built from the CSR arrays in one step."""
+        rows = np.repeat(np.arange(len(self)), np.diff(self.offsets))
+        table = np.zeros((len(self), self.num_classes), dtype=np.float32)
+        table[rows, self.class_indices] = 1.0
+        return table
+
     def label_counts(self) -> np.ndarray:
         return np.diff(self.offsets)
 

@@ -435,7 +435,7 @@ def load_eval_set(request: EvalRequest) -> tuple[Any, Any, np.ndarray]:
         keep = range(request.limit)
         clips = ClipList.from_lists([clips.ids[i] for i in keep], [clips.paths[i] for i in keep],
                                     [clips.classes_of(i).tolist() for i in keep], clips.num_classes, clips.source)
-    targets = np.stack([clips.multi_hot(i) for i in range(len(clips))]).astype(np.float32)
+    targets = clips.targets()
     return clips, labels, targets
 
 

@@ -174,6 +174,7 @@ def test_several_datafiles_train_as_one_list_and_a_shared_id_is_named(task, clip
     assert [str(p) for p in joined.paths] == [str(p) for p in clips.paths]
     for i in range(len(clips)):
         assert joined.classes_of(i).tolist() == clips.classes_of(i).tolist()
+    np.testing.assert_array_equal(joined.targets(), np.stack([clips.multi_hot(i) for i in range(len(clips))]))
     assert str(first) in joined.source and str(nested) in joined.source
     with pytest.raises(FatError, match=f"clip {entries[0]['id']} is listed in both .*first.json and .*train.json"):
         load_clip_lists([first, task.train], label_set)

@@ -81,7 +81,7 @@ def validate(model: nn.Module, loader: DataLoader, dataset: ClipDataset, context
     ordered = gather_predictions(context, indices, logits, len(dataset))
     if ordered is None:
         return {}
-    targets = np.stack([dataset.clips.multi_hot(i) for i in range(len(dataset))])
+    targets = dataset.clips.targets()
     metrics = score(ordered, targets, multi_label, with_accuracy)
     metrics["clips"] = float(len(dataset))
     return metrics
