@@ -110,9 +110,5 @@ def run(args: argparse.Namespace) -> int:
     reasons = ", ".join(f"{reason} {n}" for reason, n in summary["reasons"].items() if n) or "none"
     log.info("%s: %d of %d clips pass (%.1f files/s); rejected: %s", args.split, summary["passed"],
              summary["clips"], summary["files_per_second"] or 0.0, reasons)
-    classes = summary["classes"]
-    if classes["lost"]:
-        log.warning("%s: %d of %d classes lost every clip (see %s)", args.split, classes["lost"], classes["listed"],
-                    settings.class_report)
     log.info("wrote %s, %s, %s and %s", settings.datafile, settings.report, settings.class_report, settings.summary)
     return 0

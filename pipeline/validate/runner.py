@@ -163,6 +163,10 @@ def run_validate(settings: ValidateSettings) -> dict[str, Any]:
         "thresholds": asdict(settings.thresholds),
     }
     write_json_atomic(settings.summary, summary)
+    classes = summary["classes"]
+    if classes["lost"]:  # here, not in the command, so that fat prepare warns too
+        log.warning("%s: %d of %d classes lost every clip (see %s)", settings.split, classes["lost"],
+                    classes["listed"], settings.class_report)
     lowest = coverage.lowest()
     if lowest:
         log.info("%s: classes that kept the smallest share of their clips: %s (all: %s)", settings.split,
