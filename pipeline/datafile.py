@@ -23,6 +23,7 @@ import numpy as np
 
 from pipeline.atomic import atomic_path, write_text_atomic
 from pipeline.errors import FatError
+from pipeline.ids import split_labels
 
 LABEL_CSV_NAME = "class_labels_indices.csv"
 LABEL_CSV_HEADER = ("index", "mid", "display_name")
@@ -113,11 +114,6 @@ class MidLists(Sequence[tuple[str, ...]]):
 
     def __iter__(self) -> Iterator[tuple[str, ...]]:
         return (split_labels(text) for text in self._joined)
-
-
-def split_labels(text: str) -> tuple[str, ...]:
-    """"/m/a, /m/b" → ("/m/a", "/m/b"); an empty string has no labels."""
-    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Clip-id validation: ids reach file names and subprocess arguments, so they are checked first."""
+"""Ids and names that reach file names and subprocess arguments, checked first; label MID lists."""
 
 from __future__ import annotations
 
@@ -7,12 +7,25 @@ from pathlib import Path
 
 from pipeline.errors import FatError
 
-YTID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{11}$")
+YTID_PATTERN = re.compile(r"[A-Za-z0-9_-]{11}")  # used with fullmatch
+SPLIT_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def is_valid_ytid(value: str) -> bool:
     """True for an 11-character YouTube id (letters, digits, `_`, `-`; may start with `-`)."""
     return bool(YTID_PATTERN.fullmatch(value))
+
+
+def check_split_name(value: str) -> str:
+    """A split name names output files: letters, digits, `_`, `.`, `-`, not starting with `.` or `-`."""
+    if not SPLIT_NAME_PATTERN.fullmatch(value):
+        raise FatError(f"--split {value!r}: use letters, digits, '_', '.', '-' (not first: '.' or '-')")
+    return value
+
+
+def split_labels(text: str) -> tuple[str, ...]:
+    """"/m/a, /m/b" → ("/m/a", "/m/b"); an empty string has no labels."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def check_ytid(value: str, where: str = "") -> str:

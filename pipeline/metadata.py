@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.atomic import write_bytes_atomic, write_text_atomic
 from pipeline.errors import FatError
-from pipeline.ids import YTID_PATTERN, is_valid_ytid
+from pipeline.ids import YTID_PATTERN, is_valid_ytid, split_labels
 
 if TYPE_CHECKING:  # pandas is imported where used, so that `fat --help` stays fast
     import pandas as pd
@@ -175,7 +175,7 @@ def _check_segment_row(text: str, known: frozenset[str] | None) -> tuple[str, fl
     start = _parse_seconds(start_text, "start_seconds")
     end = _parse_seconds(end_text, "end_seconds")
     _check_window(start, end)
-    mids = [mid.strip() for mid in label_text.split(",") if mid.strip()]
+    mids = list(split_labels(label_text))
     if not mids:
         raise ValueError("no positive labels")
     if known is not None:
@@ -268,7 +268,7 @@ def read_metadata_csv(path: str | Path) -> pd.DataFrame:
             raise FatError(f"{path}:{bad[0] + 2}: {column} {frame[column].iloc[bad[0]]!r} is not a number")
         frame[column] = numbers.astype(np.float64)
     ytids = frame["ytid"].astype(str)
-    valid = ytids.str.fullmatch(YTID_PATTERN.pattern[1:-1])
+    valid = ytids.str.fullmatch(YTID_PATTERN.pattern)
     if not valid.all():
         row = int(np.flatnonzero(~valid.to_numpy())[0])
         raise FatError(f"{path}:{row + 2}: invalid YouTube id {ytids.iloc[row]!r}")
@@ -308,7 +308,7 @@ def balanced_subset(frame: pd.DataFrame, size: int, seed: int = 0) -> pd.DataFra
     if size >= len(frame):
         return frame.reset_index(drop=True)
     rng = np.random.default_rng(seed)
-    clip_labels: list[list[str]] = [labels.split(",") for labels in frame["positive_labels"]]
+    clip_labels = [split_labels(labels) for labels in frame["positive_labels"]]
     members: dict[str, list[int]] = {}
     for row, mids in enumerate(clip_labels):
         for mid in mids:
@@ -346,7 +346,7 @@ def class_counts(frame: pd.DataFrame, mids: Sequence[str] | None = None) -> pd.S
 
     counts: dict[str, int] = dict.fromkeys(mids, 0) if mids is not None else {}
     for labels in frame["positive_labels"]:
-        for mid in labels.split(","):
+        for mid in split_labels(labels):
             counts[mid] = counts.get(mid, 0) + 1
     return pd.Series(counts, dtype=np.int64)
 

@@ -28,6 +28,27 @@ def test_invalid_ytids_rejected_with_the_id_named(bad: str) -> None:
     assert "eval.csv:7" in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["balanced_train", "eval", "speechcommands_train", "shard.1-of-2"])
+def test_split_names_that_name_files_are_accepted(name: str) -> None:
+    assert ids.check_split_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "../eval", "a/b", ".hidden", "-rf", "a\nb", "a b"])
+def test_split_names_that_could_escape_or_confuse_are_refused(name: str) -> None:
+    with pytest.raises(FatError, match="--split"):
+        ids.check_split_name(name)
+
+
+def test_label_lists_are_split_and_stripped_the_same_everywhere() -> None:
+    assert ids.split_labels(" /m/a, /m/b ,") == ("/m/a", "/m/b") and ids.split_labels("") == ()
+    import pandas as pd
+
+    from pipeline.metadata import class_counts
+
+    frame = pd.DataFrame({"positive_labels": ["/m/a,/m/b", "/m/a, /m/b"]})  # a hand-edited space
+    assert class_counts(frame).to_dict() == {"/m/a": 2, "/m/b": 2}
+
+
 def test_subprocess_path_never_starts_with_dash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert ids.subprocess_path("-0Qx2kCxA7s.wav").startswith("/")

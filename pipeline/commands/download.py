@@ -11,9 +11,6 @@ from pipeline.cli import add_command
 
 log = logging.getLogger(__name__)
 
-_SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-
-
 def _shard(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d+)/(\d+)", text)
     if not match or not int(match.group(1)) < int(match.group(2)):
@@ -111,10 +108,10 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.download.runner import Clip, DownloadConfig, run_download, select_shard
     from pipeline.errors import FatError
     from pipeline.ffmpeg import ensure_ffmpeg_on_path
+    from pipeline.ids import check_split_name
     from pipeline.metadata import read_metadata_csv
 
-    if not _SPLIT_NAME.fullmatch(args.split):
-        raise FatError(f"--split {args.split!r}: use letters, digits, '_', '.', '-'")
+    check_split_name(args.split)
     template = args.url_template or YOUTUBE_WATCH_TEMPLATE
     check_url_template(template)
     if args.cookies is not None and not args.cookies.is_file():

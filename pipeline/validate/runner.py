@@ -26,8 +26,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from pipeline.atomic import atomic_path, write_bytes_atomic, write_json_atomic
-from pipeline.datafile import LABEL_CSV_NAME, DatafileEntry, LabelSet, load_label_csv, split_labels, wav_reference, write_datafile
+from pipeline.datafile import LABEL_CSV_NAME, DatafileEntry, LabelSet, load_label_csv, wav_reference, write_datafile
 from pipeline.errors import FatError
+from pipeline.ids import check_split_name, split_labels
 from pipeline.validate.checks import PASS, REASONS, Thresholds, Verdict, check_file
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,7 @@ def run_validate(settings: ValidateSettings) -> dict[str, Any]:
         raise FatError(f"thresholds: {exc}") from None
     if settings.workers < 1 or settings.batch_size < 1:
         raise FatError("--workers and --batch-size must be ≥ 1")
-    if not settings.split or os.sep in settings.split or settings.split.startswith("."):
-        raise FatError(f"--split {settings.split!r}: must be a plain name (it names the output files)")
+    check_split_name(settings.split)
     if settings.input_path is not None and _same_file(settings.input_path, settings.datafile):
         raise FatError(f"{settings.input_path}: the input datafile would be overwritten by the output; "
                        "choose another --out-dir or --split")
