@@ -95,9 +95,10 @@ def fetch_clip(task: ClipTask, options: FetchOptions) -> ClipResult:
     """Download, convert and verify one clip; never raises for a clip-level failure."""
     started = time.monotonic()
     self_before, children_before = _cpu_times()
-    work_dir = Path(task.out_dir) / f"{temp_dir_prefix(task.ytid)}{os.getpid()}-{secrets.token_hex(3)}"
+    work_dir: Path | None = None
     try:
-        check_ytid(task.ytid, "clip")
+        check_ytid(task.ytid, "clip")  # before the id names any path
+        work_dir = Path(task.out_dir) / f"{temp_dir_prefix(task.ytid)}{os.getpid()}-{secrets.token_hex(3)}"
         work_dir.mkdir(parents=True)
         result = _fetch(task, options, work_dir)
     except ClipFailure as failure:
@@ -108,7 +109,8 @@ def fetch_clip(task: ClipTask, options: FetchOptions) -> ClipResult:
         trace = "".join(traceback.format_exception(exc)[-6:])
         result = ClipResult(task.ytid, FAILED, "error", f"{type(exc).__name__}: {exc}\n{trace}")
     finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+        if work_dir is not None:
+            shutil.rmtree(work_dir, ignore_errors=True)
     self_after, children_after = _cpu_times()
     result.elapsed = time.monotonic() - started
     result.cpu_self = self_after - self_before
