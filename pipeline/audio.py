@@ -38,7 +38,11 @@ def read_audio(path: str | Path, sample_rate: int | None = None, mono: bool = Tr
 
 
 def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
-    """Decode with ffmpeg to interleaved float32 at the file's own rate and channel count."""
+    """Decode with ffmpeg to interleaved float32 at the file's own rate and channel count.
+
+    The output is asked for with exactly the channel count read from the banner (`-ac`), so an
+    unusual layout is mixed to that count rather than reshaped with the wrong width.
+    """
     probe = subprocess.run(
         [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", subprocess_path(path)],
         capture_output=True, text=True, errors="replace", check=False,
@@ -48,7 +52,7 @@ def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
         raise FatError(f"{path}: not a decodable audio file ({_last_line(probe.stderr)})")
     decoded = subprocess.run(
         [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", subprocess_path(path),
-         "-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "-"],
+         "-map", "0:a:0", "-ac", str(channels), "-f", "f32le", "-acodec", "pcm_f32le", "-"],
         capture_output=True, check=False,
     )
     if decoded.returncode != 0:
@@ -74,14 +78,16 @@ def _stream_format(ffmpeg_stderr: str) -> tuple[int | None, int]:
 
 
 def _channels_from_layout(layout: str) -> int:
-    named = {"mono": 1, "stereo": 2, "2.1": 3, "quad": 4, "4.0": 4, "5.0": 5, "5.1": 6, "6.1": 7, "7.1": 8}
+    """ffmpeg's layout name → channel count ("5.1(side)" = 5 + 1); unknown names → 2 (ffmpeg mixes to it)."""
+    import re
+
+    named = {"mono": 1, "stereo": 2, "downmix": 2, "quad": 4, "hexagonal": 6, "octagonal": 8}
     if layout in named:
         return named[layout]
     if layout.endswith(" channels"):
         return int(layout.split()[0])
-    if layout.startswith("5.1"):
-        return 6
-    return 2
+    numbered = re.match(r"(\d+)\.(\d)", layout)
+    return int(numbered.group(1)) + int(numbered.group(2)) if numbered else 2
 
 
 def _last_line(text: str) -> str:

@@ -99,6 +99,18 @@ def test_read_audio_decodes_compressed_formats_with_ffmpeg(tmp_path: Path) -> No
     assert abs(wave.shape[0] / 16000 - 1.0) < 0.05
 
 
+@pytest.mark.parametrize("layout", ["3.0", "4.1", "hexagonal"])
+def test_multichannel_layouts_decode_to_the_right_length(tmp_path: Path, layout: str) -> None:
+    """ffmpeg's output width must match the reshape: a wrong count would stretch or scramble the clip."""
+    src = tmp_path / "src.wav"
+    sf.write(src, _sine(48000, 1.0), 48000)
+    coded = tmp_path / f"{layout}.m4a"
+    subprocess.run([ffmpeg.ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-i", str(src), "-af",
+                    f"aformat=channel_layouts={layout}", "-c:a", "aac", str(coded)], check=True)
+    wave, rate = audio.read_audio(coded)
+    assert rate == 48000 and abs(wave.shape[0] / 48000 - 1.0) < 0.05
+
+
 def test_read_audio_names_the_file_that_is_not_audio(tmp_path: Path) -> None:
     page = tmp_path / "clip.wav"
     page.write_text("<html>Video unavailable</html>")
