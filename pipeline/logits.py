@@ -153,7 +153,8 @@ def load_teachers(names: Sequence[str], checkpoints: Sequence[Path], random_init
         raise FatError(str(exc)) from exc
 
 
-def identity_of(members: Sequence[Any], settings: LogitsSettings, num_classes: int, label_sha: str) -> dict[str, Any]:
+def identity_of(members: Sequence[Any], settings: LogitsSettings, num_classes: int, label_sha: str,
+                precision: str = "fp32") -> dict[str, Any]:
     """Everything that decides the logits' values; a store is reused only under the same identity."""
     described = []
     for member in members:
@@ -163,6 +164,7 @@ def identity_of(members: Sequence[Any], settings: LogitsSettings, num_classes: i
     return {
         "members": described, "clip_seconds": settings.clip_seconds, "sample_rate": SAMPLE_RATE,
         "dtype": settings.dtype, "num_classes": num_classes, "label_csv_sha256": label_sha,
+        "precision": precision,  # fp16 autocast rows must not be mixed silently with fp32 ones
     }
 
 
@@ -184,6 +186,7 @@ def store_attrs(members: Sequence[Any], identity: dict[str, Any], settings: Logi
         "members": json.dumps([{**p.to_dict(), "checkpoint_file": Path(p.checkpoint_file).name
                                 if p.checkpoint_file else None} for p in provs]),
         "label_csv_sha256": identity["label_csv_sha256"],
+        "precision": identity["precision"],
         "identity_sha256": digest(identity),
         "fat_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -270,7 +273,8 @@ def run_logits(settings: LogitsSettings) -> Outcome | None:
         if labels is not None and len(labels) != classes:
             raise FatError(f"{label_csv}: {len(labels)} classes, but teacher {members[0].provenance.name} "
                            f"predicts {classes}: the label CSV must be the one the teacher was trained on")
-        identity = identity_of(members, settings, classes, labels.sha256 if labels is not None else "")
+        identity = identity_of(members, settings, classes, labels.sha256 if labels is not None else "",
+                               compute_precision(ctx.device, settings.amp))
         identity_sha = digest(identity)
 
         decision = prepare_output(settings, identity_sha) if ctx.is_main else None
@@ -380,15 +384,22 @@ def fixed_batches(ids: Sequence[str], done: set[str], batch_size: int) -> list[t
     return batches
 
 
+def compute_precision(device: Any, amp: bool | None) -> str:
+    """The arithmetic the teacher runs in: fp16 autocast on CUDA, bf16 on CPU, else fp32 (amp None = on for CUDA)."""
+    if not ((device.type == "cuda") if amp is None else amp):
+        return "fp32"
+    return "fp16" if device.type == "cuda" else "bf16"
+
+
 def autocast_for(device: Any, amp: bool | None):
     import contextlib
 
     import torch
 
-    use = (device.type == "cuda") if amp is None else amp
-    if not use:
+    precision = compute_precision(device, amp)
+    if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
 
 def ensemble_logits(members: Sequence[Any], waves: Any, device: Any, amp: bool | None) -> Any:

@@ -104,6 +104,7 @@ def test_store_holds_every_clip_with_the_teachers_own_logits(corpus, reference, 
     assert values.shape == (12, 3)
     assert attrs["complete"] and attrs["random_init"] and attrs["teacher"] == "mn01_as"
     assert attrs["sample_rate"] == 32000 and attrs["num_classes"] == 3 and attrs["requested"] == 12
+    assert attrs["precision"] == "fp32"
     assert json.loads(attrs["frontend"])["hop_length"] == 320
     assert len(attrs["label_csv_sha256"]) == 64
     # the same numbers as running the teacher on the clip by hand (read at 32 kHz, padded to 0.5 s)
@@ -145,7 +146,7 @@ def test_float16_storage_and_bfloat16_autocast_on_cpu(corpus, reference, tmp_pat
     args[args.index("float32")] = "float16"
     assert main(args) == 0
     store = LogitsStore(out)
-    assert store.dtype == np.float16 and store.attrs["dtype"] == "float16"
+    assert store.dtype == np.float16 and store.attrs["dtype"] == "float16" and store.attrs["precision"] == "bf16"
     expected = rows_by_id(reference)
     ids, values, _ = read_store(out)
     np.testing.assert_allclose(values, np.stack([expected[i] for i in ids]), atol=0.05)
@@ -234,6 +235,10 @@ def test_a_store_of_another_teacher_is_not_overwritten_silently(corpus, referenc
     assert out.read_bytes() == before
     assert main(logits_args([corpus["eval"]], out, "--overwrite", teacher="mn02_as")) == 0
     assert LogitsStore(out).attrs["teacher"] == "mn02_as"
+    # the same teacher under autocast is other arithmetic: its rows are not mixed in silently
+    before = out.read_bytes()
+    assert main(logits_args([corpus["eval"]], out, "--amp", teacher="mn02_as")) == 2
+    assert "other settings" in capsys.readouterr().err and out.read_bytes() == before
 
 
 def test_checkpoint_with_the_wrong_class_count_for_the_labels(corpus, tmp_path, capsys):
