@@ -29,12 +29,21 @@ def read_audio(path: str | Path, sample_rate: int | None = None, mono: bool = Tr
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError):
         audio, rate = _decode_with_ffmpeg(path)
+    if audio.shape[0] == 0:  # nothing to score: padding it would pass silence off as the clip
+        raise FatError(f"{path}: decodes to no samples")
     if mono:
         audio = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
     if sample_rate is not None and rate != sample_rate:
         audio = resample(audio, rate, sample_rate)
         rate = sample_rate
     return np.ascontiguousarray(audio, dtype=np.float32), rate
+
+
+def require_finite(audio: np.ndarray, path: str | Path) -> np.ndarray:
+    """`audio` if every sample is finite; else a FatError naming the file."""
+    if not np.isfinite(audio).all():
+        raise FatError(f"{path}: the audio holds NaN or infinite samples")
+    return audio
 
 
 def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:

@@ -206,12 +206,10 @@ class ClipWaves:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, np.ndarray, str]:
-        from pipeline.audio import fit_length, read_audio
+        from pipeline.audio import fit_length, read_audio, require_finite
 
         try:
-            audio, _ = read_audio(self.paths[index], sample_rate=SAMPLE_RATE)
-            if not np.isfinite(audio).all():
-                raise FatError(f"{self.paths[index]}: the audio holds NaN or infinite samples")
+            audio = require_finite(read_audio(self.paths[index], sample_rate=SAMPLE_RATE)[0], self.paths[index])
             return index, fit_length(audio, self.samples), ""
         except Exception as exc:  # any decoder failure is reported per clip, never skipped silently
             message = str(exc) if isinstance(exc, FatError) else f"{self.paths[index]}: {type(exc).__name__}: {exc}"

@@ -175,13 +175,10 @@ def top_k(probs: np.ndarray, k: int, names: ClassNames) -> list[dict[str, Any]]:
 
 def tag_file(tagger: Tagger, path: Path, names: ClassNames, window_s: float, hop_s: float, k: int,
              pool: str, batch_size: int) -> dict[str, Any]:
-    from pipeline.audio import fit_length, read_audio
+    from pipeline.audio import fit_length, read_audio, require_finite
 
     audio, rate = read_audio(path, sample_rate=tagger.sample_rate)
-    if audio.size == 0:
-        raise FatError(f"{path}: decodes to no samples")
-    if not np.isfinite(audio).all():
-        raise FatError(f"{path}: the audio holds NaN or infinite samples")
+    require_finite(audio, path)
     window, hop = int(round(window_s * rate)), max(1, int(round(hop_s * rate)))
     starts = window_starts(audio.size, window, hop)
     segments = np.stack([fit_length(audio[s:s + window], window) for s in starts])

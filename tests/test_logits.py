@@ -207,6 +207,15 @@ def test_undecodable_clips_are_listed_and_the_store_marked_incomplete(tmp_path, 
     assert "mi-002" in LogitsStore(out) and not out.with_name("s.failed.csv").exists()
 
 
+def test_a_clip_with_no_samples_is_listed_not_scored_as_silence(tmp_path, capsys):
+    corpus = make_corpus(tmp_path, {"empty": 3})
+    sf.write(tmp_path / "audio" / "em-000.wav", np.zeros(0, np.float32), RATE)  # 0 frames at the teacher's rate
+    assert main(logits_args([corpus["empty"]], tmp_path / "s.h5")) == 2
+    assert "em-000" in capsys.readouterr().err
+    report = (tmp_path / "s.failed.csv").read_text()
+    assert "em-000" in report and "no samples" in report
+
+
 def test_ensemble_is_the_mean_of_its_members_with_their_provenance(corpus, tmp_path):
     out = tmp_path / "ensemble.h5"
     args = logits_args([corpus["eval"]], out, teacher="mn01_as")
