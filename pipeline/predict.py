@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,9 +130,10 @@ class ClassNames:
     def find(cls, explicit: Path | None, num_classes: int) -> ClassNames:
         """Names from --labels, else a label CSV of the right size in the usual places, else numbers."""
         from pipeline.datafile import load_label_csv
+        from pipeline.ffmpeg import cache_dir
 
         candidates = [explicit] if explicit else [folder / LABEL_CSV for folder in LABEL_SEARCH] + [
-            Path(os.environ.get("FAT_CACHE") or Path.home() / ".cache" / "fat") / LABEL_CSV]
+            cache_dir() / LABEL_CSV]
         for path in candidates:
             if path is None or not path.is_file():
                 if explicit:
