@@ -271,7 +271,7 @@ def rows_to_json(rows: Sequence[EvalRow], context: dict[str, Any]) -> dict[str, 
         out["compare"] = compares
     if teacher is not None:
         out["teacher"] = teacher
-    out["eval"] = {k: v for k, v in context.items() if isinstance(v, (int, float, str, bool))}
+    out["eval"] = {k: _finite(v) for k, v in context.items() if isinstance(v, (int, float, str, bool))}
     return out
 
 

@@ -184,6 +184,7 @@ def test_report_rendering_handles_undefined_metrics() -> None:
                   metrics={"mAP": float("nan"), "mAUC": float("nan"), "d_prime": float("nan"), "classes": 0},
                   clips_per_second=10.0, gflops=1.0, tokens_in=10, tokens_out=10)
     assert rows_to_json([row], {})["student"]["r=0"]["mAP"] is None
+    assert rows_to_json([row], {"chance_mAP": float("nan")})["eval"]["chance_mAP"] is None  # DVC reads no NaN
     table = markdown_table([row], True, {})
     assert "nan" not in table.lower() and "| – |" in table
 
