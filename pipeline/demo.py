@@ -200,7 +200,7 @@ class DemoClip:
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """What `fat demo-corpus` makes; the defaults are the demo of the default params.yaml."""
+    """What `fat demo-corpus` makes (params.yaml's demo section sets a smaller corpus: 200 + 60 clips)."""
 
     train_clips: int = 320
     eval_clips: int = 100

@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         mean, std = NORM_STATS[args.norm]
     try:
         r = set_tome_r(model, parse_r_spec(args.r))
-        fbank = wave_to_fbank(torch.from_numpy(wave), SAMPLE_RATE, target_frames=model.input_tdim)
+        fbank = wave_to_fbank(torch.from_numpy(wave), SAMPLE_RATE, target_frames=model.input_tdim,
+                              num_mel_bins=model.input_fdim)
         with torch.inference_mode():
             _, state = model.forward_traced(normalize(fbank, mean, std)[None])
     except StudentError as exc:
