@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from student import torchaudio_ops
 from student.errors import StudentError
 
 SAMPLE_RATE = 16000
@@ -50,8 +51,6 @@ def kaldi_fbank(wave_16k: torch.Tensor, target_frames: int | None = None, num_me
     Shorter clips are zero-padded at the end (in the log domain, as AST does), longer ones cut;
     `target_frames=None` keeps every frame. `dither` > 0 only for training-time noise.
     """
-    import torchaudio.compliance.kaldi as kaldi
-
     wave = _mono(wave_16k)
     if wave.numel() < MIN_SAMPLES:
         raise StudentError(f"waveform of {wave.numel()} samples is shorter than one {FRAME_LENGTH_MS:g} ms window "
@@ -61,7 +60,7 @@ def kaldi_fbank(wave_16k: torch.Tensor, target_frames: int | None = None, num_me
     if num_mel_bins < 1:
         raise StudentError(f"num_mel_bins must be ≥ 1, got {num_mel_bins}")
     wave = wave - wave.mean()
-    fbank = kaldi.fbank(
+    fbank = torchaudio_ops.kaldi_fbank(
         wave[None], htk_compat=True, sample_frequency=SAMPLE_RATE, use_energy=False, window_type="hanning",
         num_mel_bins=num_mel_bins, dither=dither, frame_shift=FRAME_SHIFT_MS, frame_length=FRAME_LENGTH_MS,
     )
@@ -85,9 +84,7 @@ def wave_to_fbank(wave: torch.Tensor, sample_rate: int, target_frames: int | Non
     if sample_rate <= 0:
         raise StudentError(f"sample rate must be positive, got {sample_rate}")
     if sample_rate != SAMPLE_RATE:
-        import torchaudio.functional as AF
-
-        wave = AF.resample(wave, sample_rate, SAMPLE_RATE)
+        wave = torchaudio_ops.resample(wave, sample_rate, SAMPLE_RATE)
     return kaldi_fbank(wave, target_frames, num_mel_bins, dither)
 
 
