@@ -78,3 +78,46 @@ def test_non_finite_samples_are_refused() -> None:
     waves[0, 5] = float("nan")
     with pytest.raises(StudentError, match="NaN"):
         BatchFbank(100)(waves, torch.tensor([16000]), 16000)
+
+
+def test_mixup_in_the_batch_mixes_audio_labels_and_teacher_targets_alike() -> None:
+    from student.augment import MixPlan
+    from student.kd import kd_loss
+
+    waves, lengths = _batch(32000, [2.0, 1.0, 1.5, 2.0], seed=3)
+    plan = MixPlan.draw(4, 1.0, torch.Generator().manual_seed(0))
+    assert sorted(plan.partner.tolist()) == [0, 1, 2, 3]
+    mixed_rows = (plan.lam < 1).nonzero().flatten().tolist()
+    assert mixed_rows and all(0.0 < plan.lam[row] < 1.0 for row in mixed_rows)
+    mixed = plan.mix_waves(waves, lengths)
+    for row in range(4):
+        length = int(lengths[row])
+        assert torch.all(mixed[row, length:] == 0), "a mixed clip keeps its own length"
+        if row in mixed_rows:
+            partner, lam = int(plan.partner[row]), float(plan.lam[row])
+            own = waves[row, :length] - waves[row, :length].mean()
+            other = torch.zeros(length)
+            take = min(length, int(lengths[partner]))
+            other[:take] = (waves[partner, : int(lengths[partner])] - waves[partner, : int(lengths[partner])].mean())[:take]
+            expected = lam * own + (1 - lam) * other
+            torch.testing.assert_close(mixed[row, :length], expected - expected.mean(), atol=1e-5, rtol=0)
+    labels = torch.eye(4)
+    targets = plan.mix_targets(labels)
+    teacher = torch.randn(4, 4)
+    loss_batch, _ = kd_loss(torch.zeros(4, 4), targets, teacher, 0.0, mix=plan.teacher_mix(teacher, None))
+    mixed_probability = plan.lam[:, None] * torch.sigmoid(teacher) + (1 - plan.lam[:, None]) * torch.sigmoid(teacher[plan.partner])
+    loss_direct, _ = kd_loss(torch.zeros(4, 4), targets, torch.logit(mixed_probability), 0.0)
+    torch.testing.assert_close(loss_batch, loss_direct, atol=1e-5, rtol=0)
+    for row in range(4):
+        partner, lam = int(plan.partner[row]), float(plan.lam[row])
+        torch.testing.assert_close(targets[row], lam * labels[row] + (1 - lam) * labels[partner])
+
+
+def test_mixup_plans_follow_the_seed_and_rate() -> None:
+    from student.augment import MixPlan
+
+    first = MixPlan.draw(64, 0.5, torch.Generator().manual_seed(7))
+    again = MixPlan.draw(64, 0.5, torch.Generator().manual_seed(7))
+    assert torch.equal(first.partner, again.partner) and torch.equal(first.lam, again.lam)
+    assert 16 <= int((first.lam < 1).sum()) <= 48
+    assert torch.all(MixPlan.draw(8, 0.0, torch.Generator().manual_seed(7)).lam == 1)
