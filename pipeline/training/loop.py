@@ -27,6 +27,7 @@ from pipeline.training.precision import choose_precision
 from pipeline.training.schedule import LRSchedule
 from pipeline.training.state import STATE_NAME, check_compatible, check_same_data, load_state, rng_state, save_state, set_rng_state
 from pipeline.training.validation import validate, validation_loader
+from pipeline.workers import ignore_sigterm, killed_on_error
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class RunResult:
 
 def worker_init(_worker_id: int) -> None:
     """DataLoader workers leave SIGTERM to the main process (which saves and stops them) and use one thread."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ignore_sigterm()
     torch.set_num_threads(1)
 
 
@@ -55,7 +56,8 @@ def train(config: TrainConfig) -> RunResult:
     config.check()
     context = distributed.start(config.device)
     try:
-        return Trainer(config, context).run()
+        with killed_on_error():  # the workers ignore SIGTERM: an error must not leave them for exit to wait on
+            return Trainer(config, context).run()
     finally:
         distributed.stop(context)
 
