@@ -99,13 +99,16 @@ def parse_segments_csv(
     path: str | Path,
     known_mids: Iterable[str] | None = None,
     skip_invalid: bool = False,
+    allow_empty: bool = False,
 ) -> tuple[pd.DataFrame, list[SkippedRow]]:
     """Parse an official `*_segments.csv`; return (rows, skipped).
 
     Each row is checked: 4 fields, a valid YouTube id (unique in the file), finite times with
     0 ≤ start < end and end − start ≤ 10 s, at least one label, every label a known MID.
     A bad row raises a FatError naming file and line, unless `skip_invalid`, when it is
-    returned in `skipped` instead (never dropped silently).
+    returned in `skipped` instead (never dropped silently). A file that yields no clip (0 bytes,
+    only comments, every row skipped) is a FatError unless `allow_empty`: a truncated download
+    would otherwise become a split of 0 clips that every later stage accepts.
     """
     import numpy as np
     import pandas as pd
@@ -138,11 +141,22 @@ def parse_segments_csv(
         starts.append(start)
         ends.append(end)
         labels.append(",".join(mids))
+    if not ytids and not allow_empty:
+        raise FatError(_no_clips_message(path, skipped))
     frame = pd.DataFrame(
         {"ytid": pd.Series(ytids, dtype=object), "start_seconds": np.asarray(starts, dtype=np.float64),
          "end_seconds": np.asarray(ends, dtype=np.float64), "positive_labels": pd.Series(labels, dtype=object)}
     )
     return frame, skipped
+
+
+def _no_clips_message(path: Path, skipped: Sequence[SkippedRow]) -> str:
+    if skipped:
+        first = skipped[0]
+        what = f"none of its {len(skipped)} row(s) is valid (first: line {first.line}: {first.reason})"
+    else:
+        what = "no segment rows (the file is empty or holds only comments)"
+    return f"{path}: {what}; pass --allow-empty if a split of 0 clips is meant"
 
 
 def _data_lines(path: Path) -> Iterable[tuple[int, str]]:

@@ -105,6 +105,35 @@ def test_skip_invalid_reports_every_skipped_row(source: Path, tmp_path: Path) ->
     assert all(row["file"] == str(path) for row in report)
 
 
+@pytest.mark.parametrize("text", ["", "# Segments csv created Sun Mar  5 10:54:31 2017\n# num_ytids=0\n",
+                                  "YTID, start_seconds, end_seconds, positive_labels\n"],
+                         ids=["0 bytes", "only comments", "only a header"])
+def test_a_segments_file_without_rows_is_an_error_unless_allowed(source: Path, tmp_path: Path, text: str,
+                                                                  capsys: pytest.CaptureFixture,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A truncated download must not become a split of 0 clips that every later stage accepts."""
+    path = source / "eval_segments.csv"
+    path.write_text(text)
+    out = tmp_path / "meta"
+    args = ["metadata", "--source", str(source), "--out-dir", str(out), "--splits", "eval", "balanced_train"]
+    assert main(args) == 2
+    assert f"{path}: no segment rows" in capsys.readouterr().err and not out.exists()
+
+    assert main([*args, "--allow-empty"]) == 0
+    assert len(read_metadata_csv(out / "eval.csv")) == 0 and len(read_metadata_csv(out / "balanced_train.csv")) == 2
+    assert f"eval: {path} yields no clips" in caplog.text
+
+
+def test_a_segments_file_whose_rows_are_all_skipped_is_an_error(source: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    path = source / "eval_segments.csv"
+    path.write_text("# comment\n" + BAD_ROWS[1][0] + BAD_ROWS[5][0])
+    args = ["metadata", "--source", str(source), "--out-dir", str(tmp_path / "meta"), "--splits", "eval"]
+    assert main([*args, "--skip-invalid"]) == 2
+    assert f"{path}: none of its 2 row(s) is valid (first: line 2: invalid YouTube id 'abc')" in capsys.readouterr().err
+    assert main([*args, "--skip-invalid", "--allow-empty"]) == 0
+
+
 def test_label_csv_problems_name_the_line(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     labels = source / "class_labels_indices.csv"
     labels.write_text(labels.read_text() + '7,/m/0abc,"Out of order"\n')

@@ -43,6 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed of --balanced-subset")
     parser.add_argument("--skip-invalid", action="store_true",
                         help="leave bad rows out and list them in <out-dir>/<split>.skipped.csv (default: stop at the first)")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="accept a segments file that yields no clip and write a split of 0 clips "
+                             "(default: such a file is an error)")
     parser.set_defaults(func=run)
 
 
@@ -72,8 +75,12 @@ def run(args: argparse.Namespace) -> int:
     # Parse and check every split before writing anything: a bad file leaves the outputs untouched.
     results = {}
     for split in splits:
-        frame, skipped = parse_segments_csv(locate(RAW_FILENAMES[split]), labels.mids, skip_invalid=args.skip_invalid)
+        source = locate(RAW_FILENAMES[split])
+        frame, skipped = parse_segments_csv(source, labels.mids, skip_invalid=args.skip_invalid,
+                                            allow_empty=args.allow_empty)
         total = len(frame)
+        if not total:
+            log.warning("%s: %s yields no clips; writing an empty split (--allow-empty)", split, source)
         if args.balanced_subset is not None:
             frame = balanced_subset(frame, args.balanced_subset, args.seed)
         elif args.limit is not None:
