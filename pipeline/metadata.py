@@ -266,30 +266,23 @@ def read_metadata_csv(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FatError(f"{path}: no such metadata file (run `fat metadata` first)")
-    try:
-        frame = pd.read_csv(
-            path, dtype={"ytid": str, "positive_labels": str}, keep_default_na=False, na_filter=False,
-            skipinitialspace=True,
-        )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-        raise FatError(f"{path}: not a readable metadata CSV ({exc})") from None
-    if tuple(frame.columns) != COLUMNS:
-        raise FatError(f"{path}:1: expected the header {','.join(COLUMNS)}, found {','.join(map(str, frame.columns))}")
+    lines, cells = _metadata_records(path)
+    frame = pd.DataFrame({name: pd.Series(column, dtype=object) for name, column in zip(COLUMNS, cells, strict=True)})
     for column in ("start_seconds", "end_seconds"):
         numbers = pd.to_numeric(frame[column], errors="coerce")
         bad = np.flatnonzero(numbers.isna().to_numpy())
         if bad.size:
-            raise FatError(f"{path}:{bad[0] + 2}: {column} {frame[column].iloc[bad[0]]!r} is not a number")
+            raise FatError(f"{path}:{lines[bad[0]]}: {column} {frame[column].iloc[bad[0]]!r} is not a number")
         frame[column] = numbers.astype(np.float64)
     ytids = frame["ytid"].astype(str)
     valid = ytids.str.fullmatch(YTID_PATTERN.pattern)
     if not valid.all():
         row = int(np.flatnonzero(~valid.to_numpy())[0])
-        raise FatError(f"{path}:{row + 2}: invalid YouTube id {ytids.iloc[row]!r}")
+        raise FatError(f"{path}:{lines[row]}: invalid YouTube id {ytids.iloc[row]!r}")
     duplicated = ytids.duplicated()
     if duplicated.any():
         row = int(np.flatnonzero(duplicated.to_numpy())[0])
-        raise FatError(f"{path}:{row + 2}: id {ytids.iloc[row]} appears twice")
+        raise FatError(f"{path}:{lines[row]}: id {ytids.iloc[row]} appears twice")
     for row, (start, end, labels) in enumerate(zip(frame["start_seconds"], frame["end_seconds"], frame["positive_labels"])):
         try:
             if not (math.isfinite(start) and math.isfinite(end)):
@@ -298,10 +291,52 @@ def read_metadata_csv(path: str | Path) -> pd.DataFrame:
             if not labels.strip():
                 raise ValueError("no positive labels")
         except ValueError as exc:
-            raise FatError(f"{path}:{row + 2}: {exc}") from None
+            raise FatError(f"{path}:{lines[row]}: {exc}") from None
     frame["ytid"] = ytids
     frame["positive_labels"] = frame["positive_labels"].astype(str)
     return frame.reset_index(drop=True)
+
+
+def _metadata_records(path: Path) -> tuple[list[int], tuple[list[str], ...]]:
+    """(line of each row, the four columns) of a normalised CSV, header checked; blank lines skipped.
+
+    Python's csv reader rather than pandas': its errors come with the record's line, where pandas'
+    tokenizer gave a two-line message without one, and it lets a quote left open (which swallows
+    the next rows into one label list) be refused instead of read.
+    """
+    lines: list[int] = []
+    columns: tuple[list[str], ...] = ([], [], [], [])
+    appends = [column.append for column in columns]
+    start = 1
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle, skipinitialspace=True, strict=True)
+            header = next(reader, None)
+            if header is None or tuple(cell.strip() for cell in header) != COLUMNS:
+                found = "nothing (empty file)" if header is None else ",".join(header)
+                raise FatError(f"{path}:1: expected the header {','.join(COLUMNS)}, found {found}")
+            start = reader.line_num + 1
+            for cells in reader:
+                if cells:
+                    _check_record(path, start, reader.line_num, cells)
+                    lines.append(start)
+                    for append, cell in zip(appends, cells):
+                        append(cell)
+                start = reader.line_num + 1
+    except csv.Error as exc:
+        raise FatError(f"{path}:{start}: malformed CSV ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise FatError(f"{path}: not UTF-8 text ({exc})") from None
+    except OSError as exc:
+        raise FatError(f"{path}: cannot read ({exc.strerror})") from None
+    return lines, columns
+
+
+def _check_record(path: Path, start: int, end: int, cells: list[str]) -> None:
+    if end != start:
+        raise FatError(f"{path}:{start}: a quoted field runs on to line {end} (a quote left open?)")
+    if len(cells) != len(COLUMNS):
+        raise FatError(f"{path}:{start}: expected {len(COLUMNS)} fields ({','.join(COLUMNS)}), found {len(cells)}")
 
 
 # --------------------------------------------------------------------------- subsets

@@ -190,6 +190,26 @@ def test_read_metadata_csv_checks_header_ids_and_windows(tmp_path: Path) -> None
         read_metadata_csv(tmp_path / "missing.csv")
 
 
+HEADER = "ytid,start_seconds,end_seconds,positive_labels\n"
+GOOD = '-0BIyqJj9ZU,0,10,"/m/a"\n'
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (HEADER + GOOD + 'abcdefghijk,0,10,"/m/a",x\n', ":3: expected 4 fields (ytid,start_seconds,end_seconds,"
+                                                    "positive_labels), found 5"),
+    (HEADER + GOOD + 'abcdefghijk,0,10,"/m/a\nabcdefghijl,0,10,"/m/a"\n', ":3: malformed CSV"),
+    (HEADER + GOOD + 'abcdefghijk,0,10,"/m/a\n/m/b"\n', ":3: a quoted field runs on to line 4"),
+    (HEADER + "\n" + GOOD + "\nabcdefghijk,x,10,/m/a\n", ":5: start_seconds 'x' is not a number"),
+    ("", ":1: expected the header ytid,start_seconds,end_seconds,positive_labels, found nothing"),
+], ids=["extra field", "quote left open", "field over two lines", "blank lines counted", "empty"])
+def test_a_malformed_metadata_csv_is_one_line_naming_file_and_line(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "eval.csv"
+    path.write_text(text)
+    with pytest.raises(FatError) as info:
+        read_metadata_csv(path)
+    assert str(info.value).startswith(f"{path}{expected}") and "\n" not in str(info.value), str(info.value)
+
+
 def _skewed_rows(tmp_path: Path) -> tuple[Path, list[str]]:
     """40 classes with Zipf-like frequencies; the two rarest have only 2 and 3 clips."""
     import numpy as np
