@@ -11,6 +11,8 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Sequence
+from typing import NoReturn
 
 from pipeline import __version__
 from pipeline.dvcargs import normalise_argv
@@ -37,14 +39,41 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Show defaults and keep the descriptions' line breaks."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        # A help text that states its default in words ("default: all") is not given a second one.
-        if action.help and "default:" in action.help:
+        # A help text that states its default in words ("default: all") is not given a second one, and a
+        # required option has no default to show ("(default: None)" only confused).
+        if action.required or (action.help and "default:" in action.help):
             return action.help
         return super()._get_help_string(action)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `fat <command>: error: <what>`, and where the options are listed.
+
+    The stock error prints the whole usage block first (30 lines for `fat train`), so a bad value
+    that came from params.yaml through dvc.yaml scrolled out of sight behind it.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
+                   ) -> argparse.Namespace:  # type: ignore[override]
+        """argparse's, except that an unknown option is reported by the command it was given to."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.command_parser(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def command_parser(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The sub-parser of the command `parsed` names (this parser when it names none)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return action.choices.get(getattr(parsed, action.dest, None), self)
+        return self
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fat",
         description="faster-audio-transformers: AudioSet → EfficientAT teacher logits → ToMe-AST student.",
         formatter_class=HelpFormatter,

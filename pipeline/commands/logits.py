@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "merges them: torchrun --nproc_per_node 4 -m pipeline.cli logits ...\n"
             "Checkpoints are downloaded once into $FAT_CACHE/teachers (default ~/.cache/fat/teachers);\n"
             "offline, pass the file with --checkpoint. Example:\n"
-            "  fat logits --datafile data/datafiles/eval.json --teacher mn10_as --out data/logits/mn10_as.h5"
+            "  fat logits --datafile data/datafiles/eval/eval.json --teacher mn10_as --out data/logits/mn10_as.h5"
         ),
     )
     parser.add_argument("--datafile", nargs="+", type=Path, required=True, metavar="JSON",

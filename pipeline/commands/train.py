@@ -24,7 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "  epochs.csv, steps.csv, dvclive/   logs, metrics and plots\n"
             "Many GPUs / machines: torchrun --nproc_per_node N -m pipeline.cli train ... (--batch-size is\n"
             "per process). SIGTERM saves the state at the next step and exits with status 143.\n"
-            "Example: fat train --train data/datafiles/balanced_train.json --valid data/datafiles/eval.json \\\n"
+            "Example: fat train --train data/datafiles/balanced_train/balanced_train.json \\\n"
+            "           --valid data/datafiles/eval/eval.json \\\n"
             "           --teacher data/logits/mn10_as.h5 --kd-lambda 0.1 --tome-r 8 --out models/student"
         ),
     )

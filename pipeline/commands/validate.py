@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
-        subparsers, "validate", "check every clip of a split and write data/datafiles/<split>.json",
+        subparsers, "validate",
+        "check every clip of a split and write its AST datafile (pipeline: data/datafiles/<split>/<split>.json)",
         description=(
             "Check every clip of a split (decode, rate, channels, length, finite, silence, DC,\n"
             "clipping, duplicate ids, labels) and write, without deleting or moving anything:\n"
@@ -24,7 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "  <report-dir>/<split>.validate.json     counts per reason and of classes (DVC metrics)\n"
             "  <report-dir>/<split>.classes.csv       clips listed and kept per class\n"
             "Input: <metadata-dir>/<split>.csv with audio at <audio-dir>/<split>/<ytid>.wav,\n"
-            "or an existing datafile (--datafile). A clip fixed later passes on the next run."
+            "or an existing datafile (--datafile). A clip fixed later passes on the next run.\n"
+            "The pipeline (dvc.yaml) gives each split its own folder, which later stages read:\n"
+            "  fat validate --split eval --out-dir data/datafiles/eval   → data/datafiles/eval/eval.json"
         ),
     )
     parser.add_argument("--split", required=True, help="split name (names the input and output files)")

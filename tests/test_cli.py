@@ -1,0 +1,63 @@
+"""What `fat` says before any stage runs: one-line usage errors, help texts, which input is checked first."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import build_parser, main
+
+STAGES = sorted(next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices)
+
+
+def usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """stderr of a command line argparse refuses (exit status 2)."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_usage_error_is_one_line_naming_the_command(stage: str, capsys: pytest.CaptureFixture[str]) -> None:
+    err = usage_error([stage, "--no-such-option", "1"], capsys)
+    assert err.count("\n") == 1 and err.startswith(f"fat {stage}: error: "), err
+    assert f"fat {stage} --help" in err
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["train", "--lr", "abc"], "fat train: error: argument --lr: invalid float value: 'abc'"),
+    (["train", "--warmup_steps", "1.5"], "fat train: error: argument --warmup-steps: invalid int value: '1.5'"),
+    ([], "fat: error: the following arguments are required: COMMAND"),
+    (["nosuchstage"], "fat: error: argument COMMAND: invalid choice: 'nosuchstage'"),
+])
+def test_a_bad_value_is_the_only_line_printed(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A value from params.yaml arrives in dvc.yaml's spelling (--warmup_steps); the message names the option."""
+    err = usage_error(argv, capsys)
+    assert err.count("\n") == 1 and err.startswith(expected), err
+
+
+def help_text(*argv: str) -> str:
+    """The help of `fat ARGV --help`, whitespace collapsed (argparse wraps at any space)."""
+    parser = build_parser()
+    if argv:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[argv[0]]
+    return " ".join(parser.format_help().split())
+
+
+@pytest.mark.parametrize("stage", ["", *STAGES])
+def test_help_shows_no_default_for_required_options(stage: str) -> None:
+    assert "(default: None)" not in help_text(*filter(None, [stage]))
+
+
+@pytest.mark.parametrize("stage", ["", "validate", "logits", "train", "evaluate"])
+def test_help_names_datafiles_where_validate_writes_them(stage: str) -> None:
+    """dvc.yaml's layout: data/datafiles/<split>/<split>.json, one DVC output folder per split."""
+    text = help_text(*filter(None, [stage]))
+    paths = re.findall(r"data/datafiles/\S*?\.json", text)
+    assert paths, text
+    for path in paths:
+        assert re.fullmatch(r"data/datafiles/([\w<>]+)/\1\.json", path), path
