@@ -61,3 +61,25 @@ def test_help_names_datafiles_where_validate_writes_them(stage: str) -> None:
     assert paths, text
     for path in paths:
         assert re.fullmatch(r"data/datafiles/([\w<>]+)/\1\.json", path), path
+
+
+def test_train_names_a_missing_datafile_before_the_missing_teacher(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The default --kd-lambda 0.1 needs --teacher; a missing --train is still the first thing to fix."""
+    missing = tmp_path / "data" / "balanced_train.json"
+    assert main(["train", "--train", str(missing), "--valid", str(tmp_path / "eval.json"),
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing}: no such file (--train)" in err and "teacher" not in err
+
+
+def test_validate_checks_the_split_name_before_reading_a_file_it_names(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """--split ../x named <metadata-dir>/../x.csv, which was read before the name was refused."""
+    (tmp_path / "metadata").mkdir()
+    (tmp_path / "x.csv").write_text("not,a,metadata,file\n")
+    assert main(["validate", "--split", "../x", "--metadata-dir", str(tmp_path / "metadata"),
+                 "--out-dir", str(tmp_path / "out"), "--report-dir", str(tmp_path / "reports")]) == 2
+    err = capsys.readouterr().err
+    assert "--split '../x'" in err and "x.csv" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "reports").exists()

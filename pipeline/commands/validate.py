@@ -88,8 +88,10 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from pipeline.errors import FatError
+    from pipeline.ids import check_split_name
     from pipeline.validate import Thresholds, ValidateSettings, run_validate, source_from_datafile, source_from_metadata
 
+    check_split_name(args.split)  # before it names a file to read (--split ../x read <metadata-dir>/../x.csv)
     if args.datafile is not None:
         source = source_from_datafile(args.datafile, args.window_seconds)
         labels = args.labels or args.datafile.parent / "class_labels_indices.csv"

@@ -123,6 +123,23 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise FatError for settings that cannot work, before any data is read."""
+        self.check_files()
+        self.check_settings()
+
+    def check_files(self) -> None:
+        """The input files exist: checked first, as a missing --train would make every other complaint moot."""
+        if not self.train:
+            raise FatError("--train needs at least one datafile")
+        for name, path in [*(("train", p) for p in self.train), ("valid", self.valid), ("labels", self.labels)]:
+            if not path.is_file():
+                raise FatError(f"{path}: no such file (--{name})")
+        for name in ("teacher", "imagenet_weights", "ast_checkpoint"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file() and (name != "teacher" or self.uses_teacher):
+                raise FatError(f"{path}: no such file (--{name.replace('_', '-')})")
+
+    def check_settings(self) -> None:
+        """The options make sense together (ranges, the teacher a KD loss needs, the averaging window)."""
         choices = {"loss": LOSSES, "metric": METRICS, "amp": AMP_MODES, "device": DEVICES,
                    "missing_teacher": MISSING_TEACHER}
         for name, allowed in choices.items():
@@ -159,15 +176,6 @@ class TrainConfig:
                            "lower it or pass --no-wa")
         if not 0.0 <= self.beta1 < 1.0 or not 0.0 <= self.beta2 < 1.0:
             raise FatError("Adam betas must lie in [0, 1)")
-        if not self.train:
-            raise FatError("--train needs at least one datafile")
-        for name, path in [*(("train", p) for p in self.train), ("valid", self.valid), ("labels", self.labels)]:
-            if not path.is_file():
-                raise FatError(f"{path}: no such file (--{name})")
-        for name in ("teacher", "imagenet_weights", "ast_checkpoint"):
-            path = getattr(self, name)
-            if path is not None and not path.is_file() and (name != "teacher" or self.uses_teacher):
-                raise FatError(f"{path}: no such file (--{name.replace('_', '-')})")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (for checkpoints loaded with weights_only=True, and for logs)."""
