@@ -31,7 +31,9 @@ RATE_LIMIT_ALWAYS = "429"     # always 429 with Retry-After
 TRUNCATED = "truncated"      # a valid HTTP transfer of only the first part of the file
 CUT = "cut"                  # Content-Length of the whole file, connection closed halfway
 HTML = "html"                # an HTML page instead of media
+HTML_AS_MEDIA = "html-media"  # an HTML page labelled audio/webm (a portal or error page behind a media URL)
 EMPTY = "empty"              # 200 with zero bytes of a media type
+EXPIRES = "expires"          # the first request is served, every later one is 403 (a signed URL that expired)
 STALL = "stall"              # the headers, then one byte now and then, forever
 REFUSED = "refused"          # a redirect to a loopback port where nothing listens
 
@@ -142,6 +144,8 @@ class _Handler(BaseHTTPRequestHandler):
         behaviour = clip.behaviour
         if behaviour == RATE_LIMIT_ONCE:
             behaviour = RATE_LIMIT_ALWAYS if first else SERVE
+        if behaviour == EXPIRES:
+            behaviour = SERVE if first else FORBIDDEN
         if behaviour == REFUSED:
             return self._status(302, "Found", {"Location": f"http://127.0.0.1:{unused_port()}/gone"})
         if behaviour == NOT_FOUND:
@@ -150,9 +154,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._status(403, "Forbidden")
         if behaviour == RATE_LIMIT_ALWAYS:
             return self._status(429, "Too Many Requests", {"Retry-After": clip.retry_after})
-        if behaviour == HTML:
+        if behaviour in (HTML, HTML_AS_MEDIA):
             page = b"<!DOCTYPE html><html><head><title>Not media</title></head><body><p>Nothing to see.</p></body></html>"
-            return self._serve(page, "text/html; charset=utf-8", head, ranges=False)
+            content_type = "text/html; charset=utf-8" if behaviour == HTML else "audio/webm"
+            return self._serve(page, content_type, head, ranges=False)
         if behaviour == EMPTY:
             return self._serve(b"", "audio/webm", head, ranges=False)
         assert clip.path is not None

@@ -48,7 +48,7 @@ YOUTUBE_MESSAGES = [
     ("ERROR: [youtube] dQw4w9WgXcQ: Unable to download webpage: <urlopen error [Errno -3] Temporary failure in "
      "name resolution>", FAILED, "network"),
     ("ERROR: The read operation timed out", FAILED, "timeout"),
-    ("ffmpeg exit 1: Error while decoding stream #0:0: Invalid data found when processing input", FAILED, "ffmpeg"),
+    ("ERROR: ffmpeg exited with code 1", FAILED, "ffmpeg"),  # yt-dlp running ffmpeg itself (HLS, fix-ups)
     ("something nobody has seen before", FAILED, "error"),
 ]
 
@@ -66,8 +66,19 @@ def test_http_status_decides_unless_the_message_is_more_specific() -> None:
     assert classify("whatever", 403) == (FAILED, "http-403")
     # YouTube answers the bot check with a 403 page: that is a rate limit, not a broken URL.
     assert classify("Sign in to confirm you're not a bot", 403) == (RATE_LIMITED, "bot-check")
-    assert http_status_in("ffmpeg: Server returned 404 Not Found") == 404
+    assert http_status_in("ERROR: unable to download video data: HTTP Error 404: Not Found") == 404
     assert http_status_in("no status here") is None
+
+
+@pytest.mark.parametrize("message", [
+    "Server returned 404 Not Found",                                  # ffmpeg's words for an HTTP status
+    "Error opening input: Invalid data found when processing input",  # ffmpeg 9 on a zero-byte body
+    "EBML header parsing failed | Invalid data found when processing input",  # ffmpeg 5.1, same body
+    "Stream ends prematurely at 60267, should be 120535",
+])
+def test_ffmpeg_wording_is_not_classified(message: str) -> None:
+    """ffmpeg words failures differently per version: clip.py classifies them from facts instead."""
+    assert classify(message, http_status_in(message)) == (FAILED, "error")
 
 
 def test_retry_after_in_seconds_or_as_a_date() -> None:

@@ -57,7 +57,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "clip in <manifest-dir>/<split>.download.sqlite; summary in <split>.download.json and the\n"
             "per-clip list in <split>.download.csv (with --shard i/n: <split>.shard-i-of-n.download.*).\n"
             "A rerun skips intact ok clips and retries failed and rate-limited ones.\n"
-            "Local folder of media: --url-template 'file:///abs/dir/{id}.webm'."
+            "Local folder of media: --url-template 'file:///abs/dir/{id}.webm'.\n"
+            "ffmpeg: imageio-ffmpeg's build; FAT_FFMPEG=/path/to/ffmpeg (or a command name) chooses another."
         ),
     )
     parser.add_argument("--split", required=True, help="split name, e.g. balanced_train or eval (required; default: none)")
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from pipeline.download.runner import Clip, DownloadConfig, run_download, select_shard
     from pipeline.errors import FatError
-    from pipeline.ffmpeg import ensure_ffmpeg_on_path
+    from pipeline.ffmpeg import ensure_ffmpeg_on_path, ffmpeg_description
     from pipeline.ids import check_split_name
     from pipeline.metadata import read_metadata_csv
 
@@ -123,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     clips = select_shard(clips, args.shard)
     if args.limit is not None:
         clips = clips[: args.limit]
-    ensure_ffmpeg_on_path()
+    ffmpeg = ensure_ffmpeg_on_path()  # a bad FAT_FFMPEG stops here, before any clip
+    log.info("ffmpeg: %s", ffmpeg_description())
     runtimes = available_js_runtimes()
     if is_youtube(template):
         log.info("YouTube: JavaScript runtime(s) for yt-dlp: %s", ", ".join(runtimes) or "none")
@@ -132,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     options = FetchOptions(
         socket_timeout=args.socket_timeout, http_retries=args.http_retries, length_tolerance=args.length_tolerance,
         sections=args.sections, cookies=str(args.cookies.absolute()) if args.cookies else None, proxy=args.proxy,
-        js_runtimes=runtimes, remote_components=tuple(args.remote_components),
+        js_runtimes=runtimes, remote_components=tuple(args.remote_components), ffmpeg=ffmpeg,
     )
     config = DownloadConfig(
         split=args.split, clips=clips, out_dir=args.out_dir / args.split, manifest_dir=args.manifest_dir,

@@ -12,6 +12,11 @@ Two paths:
   protocols). yt-dlp downloads the whole file into the clip's temp folder, ffmpeg cuts it.
 Either way the WAV is decoded and its length checked against the window before it is renamed
 to `<ytid>.wav`; a short result is accepted only when the source itself ends early.
+
+ffmpeg's failures are classified from facts, never from its wording (which changes between
+versions): a read that decoded no audio at all means the source could not be opened as audio,
+and the whole file is then fetched by yt-dlp, whose HTTP errors carry their status; a fetched
+file of zero bytes is `failed/empty`, one ffmpeg decodes nothing from is `failed/not-media`.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class FetchOptions:
     proxy: str | None = None
     js_runtimes: tuple[str, ...] = ()
     remote_components: tuple[str, ...] = ()
+    ffmpeg: str = ""  # the runner's choice, absolute; empty: pipeline.ffmpeg.ffmpeg_binary() in the worker
 
 
 @dataclass
@@ -143,7 +149,8 @@ def _fetch(task: ClipTask, options: FetchOptions, work_dir: Path) -> ClipResult:
                 except ClipFailure as failure:
                     if failure.reason != "not-media":
                         raise
-                    # ffmpeg could not open the stream: let yt-dlp fetch the whole file and look at it.
+                    # No audio came out: let yt-dlp fetch the whole file, which tells an HTTP error
+                    # (with its status), zero bytes and a body that is not media apart.
             info = ydl.process_ie_result(info, download=True)
             source = _downloaded_file(info, work_dir)
     except yt_dlp.utils.DownloadError as exc:
@@ -158,7 +165,7 @@ def _finish(task: ClipTask, options: FetchOptions, work_dir: Path, mode: str, so
             input_options: dict, duration: float | None, download_bytes: int) -> ClipResult:
     """Cut and convert `source`, verify the WAV, and rename it to its final name."""
     wav = work_dir / "audio.wav"
-    source_duration = _ffmpeg_window_to_wav(source, input_options, task, wav)
+    source_duration = _ffmpeg_window_to_wav(options.ffmpeg or ffmpeg_binary(), source, input_options, task, wav)
     duration = source_duration if source_duration is not None else duration
     audio_seconds = _verify_wav(wav, task, duration, options.length_tolerance)
     final = Path(task.out_dir) / f"{task.ytid}.wav"
@@ -207,6 +214,8 @@ def _ydl_params(task: ClipTask, options: FetchOptions, work_dir: Path, log: _Mes
         "overwrites": True,
         "updatetime": False,
         "color": {"stderr": "no_color", "stdout": "no_color"},
+        # the same ffmpeg (and its own ffprobe, when it has one beside it) for yt-dlp's fix-ups
+        "ffmpeg_location": options.ffmpeg or ffmpeg_binary(),
     }
     if task.url.startswith("file:"):
         params["enable_file_urls"] = True  # yt-dlp refuses file:// unless told (security default)
@@ -272,39 +281,70 @@ _DURATION = re.compile(r"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
 SEEK_MARGIN = 1.0  # seconds decoded before the window so that codec priming (AAC, Opus) settles
 
 
-def _ffmpeg_window_to_wav(source: str, input_options: dict, task: ClipTask, wav: Path) -> float | None:
+def _ffmpeg_window_to_wav(binary: str, source: str, input_options: dict, task: ClipTask, wav: Path) -> float | None:
     """Decode [start, end) of `source` to mono PCM-16 WAV; return the source's duration if ffmpeg knew it.
 
     A fast input seek to 1 s before the window, then a sample-exact `atrim`: seeking straight to
     `start` drops up to one codec frame (about 21 ms of AAC) at the cut.
+
+    Times are the container's own timestamps (`-copyts`, `-seek_timestamp`), not ffmpeg's
+    re-based ones: ffmpeg 5.1 re-bases webm/Opus on its first packet (-7 ms, the codec delay)
+    and 9.0 on its first sample, which put the same window 7.5 ms apart.
     """
     import ffmpeg as ffmpeg_python
 
     seek = max(0.0, task.start - SEEK_MARGIN)
+    input_options = {**input_options, "seek_timestamp": "1"}
     if seek > 0:
-        input_options = {**input_options, "ss": f"{seek:.3f}"}
+        input_options["ss"] = f"{seek:.3f}"
     audio = (
         ffmpeg_python.input(source, **input_options)["a:0"]
-        .filter("atrim", start=f"{task.start - seek:.6f}", duration=f"{task.end - task.start:.6f}")
+        .filter("atrim", start=f"{task.start:.6f}", duration=f"{task.end - task.start:.6f}")
         .filter("asetpts", "PTS-STARTPTS")
     )
     output = audio.output(subprocess_path(wav), ac=1, ar=task.sample_rate, acodec="pcm_s16le", f="wav", map_metadata=-1)
-    command = [ffmpeg_binary(), "-nostdin", "-hide_banner", "-nostats", "-y", *output.get_args()]
+    command = [binary, "-nostdin", "-hide_banner", "-nostats", "-y", "-copyts", *output.get_args()]
     process = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
                              check=False)
-    duration = _source_duration(process.stderr)
     if process.returncode != 0 or not wav.is_file():
-        message = _ffmpeg_error(process.stderr)
-        status, reason = classify(message, http_status_in(message))
-        if reason == "error":
-            reason = "ffmpeg"
-        opened = "Error opening input" not in message
-        raise ClipFailure(status, reason if opened or reason != "ffmpeg" else "not-media",
-                          f"ffmpeg exit {process.returncode}: {message}")
-    return duration
+        raise _ffmpeg_failure(process.returncode, _decoded_frames(wav), _ffmpeg_error(process.stderr))
+    return _source_duration(process.stderr)
+
+
+def _ffmpeg_failure(returncode: int, frames: int, message: str) -> ClipFailure:
+    """Why ffmpeg failed, from what it did (exit status, samples written), never from its wording.
+
+    No audio at all: it could not open the source as audio (an HTTP error, zero bytes, a page that
+    is not media, no audio stream); `_fetch` then finds out which by fetching the whole file.
+    Killed by a signal, or audio then an error: ffmpeg itself failed.
+    """
+    text = f"ffmpeg exit {returncode}: {message}"
+    if returncode < 0:
+        return ClipFailure(FAILED, "ffmpeg", f"ffmpeg was killed by signal {-returncode}: {message}")
+    if frames == 0:
+        return ClipFailure(FAILED, "not-media", text)
+    return ClipFailure(FAILED, "ffmpeg", text)
+
+
+def _decoded_frames(wav: Path) -> int:
+    """Samples in what ffmpeg wrote before it failed (0 when it wrote nothing readable)."""
+    import soundfile as sf
+
+    if not wav.is_file():
+        return 0
+    try:
+        return sf.info(str(wav)).frames
+    except (sf.LibsndfileError, RuntimeError):
+        return 0
 
 
 def _source_duration(stderr: str) -> float | None:
+    """The source's duration from ffmpeg's description of its input (None when it printed none).
+
+    The one place ffmpeg's text is read: its input summary ("Duration: 00:00:12.01") has kept this
+    form across versions, and without it a short end-of-video window is only `failed/truncated`
+    (retried), never wrongly accepted.
+    """
     match = _DURATION.search(stderr)
     if not match:
         return None

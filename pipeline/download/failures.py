@@ -1,4 +1,8 @@
-"""Why a clip failed: map yt-dlp / ffmpeg messages and HTTP statuses to a status and a reason.
+"""Why a clip failed: map yt-dlp's messages and HTTP statuses to a status and a reason.
+
+Only yt-dlp's words (mostly YouTube's own: "Private video", "Video unavailable") are matched
+here; ffmpeg's failures are classified by `clip` from facts (exit status, samples written,
+bytes fetched), because ffmpeg words the same failure differently from one version to the next.
 
 Statuses decide what a rerun does: `unavailable` is permanent (skipped unless
 `--retry-unavailable`), `failed` and `rate-limited` are retried. Reasons are short stable
@@ -22,7 +26,7 @@ RETRYABLE: frozenset[str] = frozenset({FAILED, RATE_LIMITED})
 # Order matters: the bot check mentions "sign in", as does the age gate; 429 beats "unable to download".
 _MESSAGE_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (RATE_LIMITED, "bot-check", ("not a bot",)),
-    (RATE_LIMITED, "http-429", ("http error 429", "too many requests", "server returned 429")),
+    (RATE_LIMITED, "http-429", ("http error 429", "too many requests")),
     (UNAVAILABLE, "private", ("private video", "video is private", "this video has been made private")),
     (UNAVAILABLE, "age-restricted", ("confirm your age", "age-restricted", "age restricted", "inappropriate for some users")),
     (UNAVAILABLE, "geo-blocked", ("not made this video available in your country", "blocked it in your country",
@@ -31,22 +35,21 @@ _MESSAGE_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (UNAVAILABLE, "copyright", ("copyright claim", "due to a copyright")),
     (UNAVAILABLE, "removed", ("removed for violating", "removed by the uploader", "video has been removed")),
     (UNAVAILABLE, "members-only", ("members-only", "join this channel")),
-    (UNAVAILABLE, "http-404", ("http error 404", "server returned 404")),
-    (UNAVAILABLE, "http-410", ("http error 410", "server returned 410")),
+    (UNAVAILABLE, "http-404", ("http error 404",)),
+    (UNAVAILABLE, "http-410", ("http error 410",)),
     (UNAVAILABLE, "unavailable", ("video unavailable", "this video is not available", "this video is unavailable")),
     (UNAVAILABLE, "no-media", ("unsupported url",)),
     (UNAVAILABLE, "missing-file", ("no such file or directory",)),
     (FAILED, "empty", ("did not get any data blocks", "downloaded file is empty", "zero bytes")),
-    (FAILED, "http-403", ("http error 403", "server returned 403")),
+    (FAILED, "http-403", ("http error 403",)),
     (FAILED, "no-formats", ("only images are available", "requested format is not available", "no video formats found")),
     (FAILED, "js-challenge", ("signature", "nsig", "n challenge", "javascript runtime", "js runtime")),
     (FAILED, "timeout", ("timed out", "timeout")),
     (FAILED, "network", ("connection refused", "connection reset", "broken pipe", "name or service not known",
                          "temporary failure in name resolution", "network is unreachable", "no route to host",
                          "remote end closed connection", "incompleteread", "connection aborted",
-                         "stream ends prematurely", "end of file", "unable to download", "transporterror",
-                         "urlopen error", "ssl")),
-    (FAILED, "ffmpeg", ("ffmpeg", "invalid data found", "could not find codec", "error while decoding")),
+                         "unable to download", "transporterror", "urlopen error", "ssl")),
+    (FAILED, "ffmpeg", ("ffmpeg",)),  # yt-dlp's own use of it: "ffmpeg exited with code 1"
 )
 
 
@@ -86,8 +89,8 @@ def _classify_message(message: str) -> tuple[str, str] | None:
 
 
 def http_status_in(message: str) -> int | None:
-    """An HTTP status named in a yt-dlp or ffmpeg message ("HTTP Error 404", "Server returned 403")."""
-    match = re.search(r"(?:HTTP Error|Server returned|HTTP error) (\d{3})", message, flags=re.IGNORECASE)
+    """An HTTP status named in a yt-dlp message ("HTTP Error 404: Not Found"), when its exception had none."""
+    match = re.search(r"HTTP Error (\d{3})", message, flags=re.IGNORECASE)
     return int(match.group(1)) if match else None
 
 

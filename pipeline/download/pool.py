@@ -201,7 +201,7 @@ def _worker_main(conn: Connection, options: FetchOptions, lock_path: str) -> Non
     from pipeline.download.warm import warm_up
     from pipeline.ffmpeg import ensure_ffmpeg_on_path
 
-    ensure_ffmpeg_on_path()
+    ensure_ffmpeg_on_path(options.ffmpeg or None)  # yt-dlp finds the runner's ffmpeg as `ffmpeg` on PATH
     warm_up()  # a no-op when the fork server already did it
     conn.send(_READY)
     while True:
