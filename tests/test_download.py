@@ -23,6 +23,8 @@ import soundfile as sf
 
 from pipeline.atomic import TEMP_MARKER
 from pipeline.cli import main
+from pipeline.download.clip import ClipTask, FetchOptions
+from pipeline.download.pool import KillablePool, wait_for_orphans
 from pipeline.ffmpeg import ffmpeg_binary
 from pipeline.metadata import write_metadata_csv
 from tests import media_server as ms
@@ -287,10 +289,44 @@ def test_bad_url_template_is_refused(tmp_path: Path, template: str, message: str
 # ---------------------------------------------------------------------- interruption
 
 
-def _start(root: Path, template: str) -> subprocess.Popen:
-    args = download_args(root, template, "--workers", "2", "--clip-timeout", "30")
+def _start(root: Path, template: str, workers: int = 2, own_group: bool = False) -> subprocess.Popen:
+    """`fat download` in a child process; with `own_group` it leads its own process group, as under `timeout`."""
+    args = download_args(root, template, "--workers", str(workers), "--clip-timeout", "30")
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=own_group)
+
+
+def processes_in_groups(groups: set[int]) -> list[int]:
+    """Live (not zombie) processes whose process group is one of `groups`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) in groups:
+                found.append(int(entry.name))
+    return found
+
+
+def _wait_for_ffmpeg_on(urls: list[str], process: subprocess.Popen, timeout: float = 60.0) -> set[int]:
+    """Wait until an ffmpeg reads each of `urls`; return the process groups of their workers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        pids = [worker_processes_with(url) for url in urls]
+        if all(pids):
+            return {os.getpgid(found[0]) for found in pids}
+        time.sleep(0.05)
+    raise AssertionError(f"no ffmpeg started on {urls}")
+
+
+def _wait_until_gone(groups: set[int], seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while (alive := processes_in_groups(groups)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
 
 
 def _wait_for_ok_rows(root: Path, count: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -355,6 +391,102 @@ def test_sigterm_then_sigkill_then_rerun_ends_complete(tmp_path: Path, media: di
     assert sorted(rows) == sorted(ids) and {row["status"] for row in rows.values()} == {"ok"}
     _assert_consistent(tmp_path)
     assert sorted(p.name for p in (tmp_path / "audio" / "eval").iterdir()) == sorted(f"{y}.wav" for y in ids)
+
+
+def test_sigkill_of_the_runner_alone_ends_its_workers_and_their_ffmpeg_at_once(tmp_path: Path, media: dict[str, Path]) -> None:
+    """The OOM killer or a killed parent: workers on stalled clips must not wait for their clip to end."""
+    ids = ["stalled0001", "stalled0002"]
+    with ms.MediaServer() as server:
+        for ytid in ids:
+            server.add(ytid, media["webm"], ms.STALL)
+        write_split(tmp_path, "eval", [(ytid, 5, 15) for ytid in ids])
+        process = _start(tmp_path, server.clip_template)
+        groups = _wait_for_ffmpeg_on([server.clip_template.format(id=ytid) for ytid in ids], process)
+        process.kill()  # the runner alone; --clip-timeout (30 s) is far away
+        process.wait(timeout=10)  # not communicate(): orphaned workers would hold its pipes open
+        process.stdout.close()
+        process.stderr.close()
+        assert _wait_until_gone(groups, 3.0) == []  # every worker and its ffmpeg
+        assert wait_for_orphans(tmp_path / "manifests" / ".eval.download.workers.lock", 0.0)
+
+        for ytid in ids:  # a rerun starts at once and finishes the clips
+            server.add(ytid, media["webm"])
+        assert main(download_args(tmp_path, server.clip_template, "--workers", "2")) == 0
+    assert {row["status"] for row in status_rows(tmp_path).values()} == {"ok"}
+    _assert_consistent(tmp_path)
+
+
+def test_sigterm_to_the_process_group_keeps_in_flight_rows(tmp_path: Path, media: dict[str, Path]) -> None:
+    """`timeout`, a job scheduler and `kill -- -PGID` signal the runner's whole group, fork server included.
+
+    The clips in flight keep their previous rows: no `failed/worker-crash`, no attempt counted, no
+    worker respawned, a prompt exit. First with the runner held (SIGSTOP) while the signal lands,
+    as a busy runner is: its workers must outlive the fork server until the runner stops them
+    (that they did not is why their clips were recorded as crashes, a race the plain second
+    round, the way users meet it, loses only now and then).
+    """
+    ids = ["inflight001", "inflight002", "inflight003"]
+    with ms.MediaServer() as server:
+        for ytid in ids:
+            server.add(ytid, None, ms.FORBIDDEN)
+        write_split(tmp_path, "eval", [(ytid, 5, 15) for ytid in ids])
+        assert main(download_args(tmp_path, server.clip_template, "--workers", "3")) == 0
+        before = status_rows(tmp_path)
+        assert {(row["status"], row["attempts"]) for row in before.values()} == {("failed", 1)}
+        for hold_runner in (True, False):
+            for ytid in ids:
+                server.add(ytid, media["webm"], ms.STALL)
+            _sigterm_the_group_mid_clips(tmp_path, server.clip_template, ids, hold_runner)
+            assert status_rows(tmp_path) == before
+
+
+def _sigterm_the_group_mid_clips(root: Path, template: str, ids: list[str], hold_runner: bool) -> None:
+    process = _start(root, template, workers=len(ids), own_group=True)
+    groups = _wait_for_ffmpeg_on([template.format(id=ytid) for ytid in ids], process)
+    if hold_runner:
+        os.kill(process.pid, signal.SIGSTOP)
+    os.killpg(process.pid, signal.SIGTERM)
+    if hold_runner:
+        time.sleep(0.5)
+        alive = {os.getpgid(pid) for pid in processes_in_groups(groups)}
+        os.kill(process.pid, signal.SIGCONT)
+        assert alive == groups, "workers died with the fork server, before the runner could stop them"
+    sent = time.monotonic()
+    _, err = process.communicate(timeout=30)
+    took = time.monotonic() - sent
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "worker-crash" not in (root / "manifests" / "eval.download.csv").read_text(), err
+    assert took < 3.0, f"exit took {took:.1f} s"
+    summary = json.loads((root / "manifests" / "eval.download.json").read_text())
+    assert summary["run"]["interrupted_by"] == "SIGTERM" and summary["run"]["finished"] == {}
+    assert _wait_until_gone(groups, 3.0) == []
+    assert stray_temp_files(root) == []
+
+
+def test_a_stopping_pool_reports_no_crash_and_respawns_nothing(tmp_path: Path, media: dict[str, Path]) -> None:
+    """A worker that dies once the run is stopping leaves its clip in flight, to be handed back, not recorded."""
+    stopping = False
+    with ms.MediaServer() as server:
+        server.add("stalled0001", media["webm"], ms.STALL)
+        task = ClipTask("stalled0001", 5.0, 15.0, server.clip_template.format(id="stalled0001"),
+                        str(tmp_path / "audio"), RATE)
+        (tmp_path / "audio").mkdir()
+        pool = KillablePool(1, FetchOptions(socket_timeout=30), tmp_path / "workers.lock", 30.0,
+                            stopping=lambda: stopping)
+        try:
+            deadline = time.monotonic() + 60
+            while not pool.idle() and time.monotonic() < deadline:
+                pool.poll(0.1)
+            pool.submit(pool.idle()[0], task)
+            worker = pool.busy()[0].process
+            stopping = True
+            os.killpg(worker.pid, signal.SIGKILL)  # dies the way a group signal can kill it
+            events = [event for _ in range(10) for event in pool.poll(0.1)]
+            assert events == []
+            assert [entry.task for entry in pool.busy()] == [task] and pool.idle() == []
+            assert pool.kill_busy() == [task]
+        finally:
+            pool.close()
 
 
 def test_wav_renamed_before_its_status_was_written_is_adopted(tmp_path: Path, media: dict[str, Path]) -> None:

@@ -5,9 +5,14 @@ byte now and then, a section read that ignores socket_timeout). So each clip run
 process that leads its own process group; when a clip overruns its limit, the runner kills
 the whole group (worker + ffmpeg) with SIGKILL and starts a fresh worker.
 
-A worker also kills its group when its parent disappears (the runner was SIGKILLed), and holds
-a shared lock on `lock_path` while alive, so the next run can wait until no orphan is left
-writing into the output folder before it cleans up temporary files.
+A worker also kills its group as soon as the runner is gone, however it died (SIGKILL, the OOM
+killer): its end of the worker's connection hangs up. It holds a shared lock on `lock_path`
+while alive, so the next run can wait until no orphan is left writing into the output folder
+before it cleans up temporary files.
+
+Once the runner is stopping (SIGINT / SIGTERM), nothing is respawned and no clip is reported
+as crashed or timed out: a signal sent to the runner's whole process group also kills the fork
+server, and the clips in flight must keep their previous status rows.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import contextlib
 import fcntl
 import multiprocessing
 import os
+import select
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -50,8 +57,14 @@ class Event:
     elapsed: float = 0.0
 
 
+def _never() -> bool:
+    return False
+
+
 class KillablePool:
-    def __init__(self, size: int, options: FetchOptions, lock_path: Path, clip_timeout: float) -> None:
+    def __init__(self, size: int, options: FetchOptions, lock_path: Path, clip_timeout: float,
+                 stopping: Callable[[], bool] = _never) -> None:
+        """`stopping()` turns True once the run is being stopped: from then on, no respawns."""
         # forkserver: one server process imports and warms yt-dlp once; every worker (and every
         # replacement of a killed one) is a cheap fork of it. Plain fork would copy the runner's
         # threads and open store; spawn would pay ~1 s of imports per worker.
@@ -60,6 +73,7 @@ class KillablePool:
         self._options = options
         self._lock_path = lock_path
         self._clip_timeout = clip_timeout
+        self._stopping = stopping
         self._startup_failures = 0
         self._workers: list[Worker] = [self._spawn() for _ in range(size)]
 
@@ -92,7 +106,8 @@ class KillablePool:
 
     def poll(self, timeout: float) -> list[Event]:
         """Wait up to `timeout` s for results; kill workers past their deadline."""
-        conns = [worker.conn for worker in self._workers if worker.process.is_alive() or worker.task is not None]
+        conns = [worker.conn for worker in self._workers
+                 if not worker.conn.closed and (worker.process.is_alive() or worker.task is not None)]
         ready = set(wait(conns, timeout=max(0.0, timeout))) if conns else set()
         if not conns:
             time.sleep(max(0.0, timeout))
@@ -126,6 +141,10 @@ class KillablePool:
         worker = self._workers[index]
         _kill_group(worker.process)
         worker.conn.close()
+        if self._stopping():
+            # The stop signal may have killed this worker's fork server and so the worker: its clip
+            # stays in flight (kill_busy hands it back) and keeps its previous row; no new worker.
+            return []
         self._workers[index] = self._spawn()
         if worker.task is None:
             return []
@@ -144,7 +163,7 @@ class KillablePool:
 
     def close(self) -> None:
         for worker in self._workers:
-            if worker.task is None and worker.process.is_alive():
+            if worker.task is None and not worker.conn.closed and worker.process.is_alive():
                 with contextlib.suppress(OSError, BrokenPipeError):
                     worker.conn.send(None)
         deadline = time.monotonic() + 2.0
@@ -194,8 +213,8 @@ def _worker_main(conn: Connection, options: FetchOptions, lock_path: str) -> Non
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     lock = open(lock_path, "a+")  # noqa: SIM115 - held for the life of the process
     fcntl.flock(lock.fileno(), fcntl.LOCK_SH)
-    # The parent is the fork server, which exits when the runner dies; then this worker is re-parented.
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    # A copy of the descriptor: the watch must not see the connection's own closing at exit.
+    threading.Thread(target=_die_with_runner, args=(os.dup(conn.fileno()),), daemon=True).start()
 
     from pipeline.download.clip import fetch_clip
     from pipeline.download.warm import warm_up
@@ -214,9 +233,17 @@ def _worker_main(conn: Connection, options: FetchOptions, lock_path: str) -> Non
         conn.send(fetch_clip(task, options))
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """Kill this worker's whole group as soon as the runner is gone (it was SIGKILLed)."""
+def _die_with_runner(fd: int) -> None:
+    """SIGKILL this worker's group (it and its ffmpeg) when the runner's end of `fd` hangs up.
+
+    Only the runner holds that end, so the hang-up comes the moment it exits, however it dies.
+    Neither our parent nor its pid would do: the parent is the fork server, which Python 3.11
+    keeps alive while any process it forked lives (each holds its "alive" pipe), and it dies on
+    its own when a SIGTERM reaches the runner's process group.
+    """
+    poller = select.poll()
+    poller.register(fd, 0)  # hang-up and errors are always reported; data (a task) is not watched
     while True:
-        time.sleep(0.1)
-        if os.getppid() != parent_pid:
-            os.killpg(0, signal.SIGKILL)
+        for _, events in poller.poll():
+            if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                os.killpg(0, signal.SIGKILL)

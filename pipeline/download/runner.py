@@ -250,7 +250,8 @@ def _drive(config: DownloadConfig, store: StatusStore, todo: list[Clip], stats: 
     next_start = 0.0
     bar = tqdm(total=len(todo), unit="clip", desc=f"download {config.split}", dynamic_ncols=True,
                disable=(None if config.progress is None else not config.progress), smoothing=0.05)
-    pool = KillablePool(min(config.workers, len(todo)), config.fetch, workers_lock, config.clip_timeout)
+    pool = KillablePool(min(config.workers, len(todo)), config.fetch, workers_lock, config.clip_timeout,
+                        stopping=lambda: bool(stop.signal_name))
     try:
         while (queue or pool.busy()) and not stop.signal_name:
             now = time.monotonic()
@@ -295,7 +296,8 @@ def _drive(config: DownloadConfig, store: StatusStore, todo: list[Clip], stats: 
             stats.interrupted_by = stop.signal_name
             for task in pool.kill_busy():
                 _remove_clip_temp(config.out_dir, task.ytid)
-            log.warning("%s: stopped; clips in flight were abandoned and stay pending", stop.signal_name)
+            log.warning("%s: stopped; clips in flight were abandoned and keep their previous status",
+                        stop.signal_name)
     finally:
         pool.close()
         bar.close()
