@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "metadata",
     "download",
     "validate",
+    "pack",
     "prepare",
     "logits",
     "predict",

@@ -1,0 +1,117 @@
+"""One shard file: written whole under a temporary name, read back and checked, then renamed.
+
+The shard is assembled in a hidden temporary file beside its final name (`pipeline.atomic`).
+Before `complete` is set, every clip's bytes are read back from the file and compared with the
+CRC32 computed when they were encoded, so a shard that carries its final name has been written
+and read back in full; a kill at any moment leaves at most a temporary file, which the next run
+removes. h5py records no modification times, so the same clips in the same order give the same
+file, byte for byte.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.atomic import atomic_path
+from pipeline.errors import FatError
+from pipeline.packed.codecs import EncodedClip
+from pipeline.packed.format import CHUNK_BYTES, PER_CLIP
+from pipeline.store import _plain
+
+PER_CLIP_DTYPES = {"sample_rate": np.int32, "num_samples": np.int64, "channels": np.int16, "crc32": np.uint32}
+
+
+def open_shard(path: Path):
+    """A read-only h5py handle; a FatError naming the shard when HDF5 cannot open it (truncated, not HDF5)."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as exc:
+        raise FatError(f"{path}: not a readable packed audio shard (truncated or corrupt? {exc})") from None
+
+
+def shard_attrs(path: Path) -> dict[str, Any] | None:
+    """The shard's attributes as plain values, or None when the file is not a readable HDF5 file."""
+    try:
+        with open_shard(path) as handle:
+            return {key: _plain(value) for key, value in handle.attrs.items()}
+    except FatError:
+        return None
+
+
+def write_shard(final: Path, ids: Sequence[str], clips: Iterable[EncodedClip], attrs: dict[str, Any]) -> dict[str, Any]:
+    """Write the clips of `ids` (which `clips` yields in the same order) as a complete shard at `final`.
+
+    Returns the shard's totals (`bytes` of encoded audio, `source_bytes`, `sample_rates`), which
+    are also among its attributes.
+    """
+    import h5py
+
+    count = len(ids)
+    offsets = np.zeros(count + 1, dtype=np.int64)
+    columns = {name: np.zeros(count, dtype=PER_CLIP_DTYPES[name]) for name in PER_CLIP}
+    source_bytes = 0
+    with atomic_path(final) as tmp:
+        with h5py.File(tmp, "w") as handle:
+            handle.create_dataset("ids", data=np.array(list(ids), dtype=object), dtype=h5py.string_dtype("utf-8"))
+            blob = handle.create_dataset("audio", shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(CHUNK_BYTES,))
+            row = 0
+            for row, clip in enumerate(clips, 1):
+                if row > count or clip.clip_id != ids[row - 1]:
+                    raise RuntimeError(f"{final.name}: clip {clip.clip_id} arrived out of order (row {row - 1})")
+                start = offsets[row - 1]
+                offsets[row] = start + len(clip.data)
+                blob.resize((offsets[row],))
+                blob[start:offsets[row]] = np.frombuffer(clip.data, dtype=np.uint8)
+                for name in PER_CLIP:
+                    columns[name][row - 1] = {"sample_rate": clip.sample_rate, "num_samples": clip.num_samples,
+                                              "channels": clip.channels, "crc32": clip.crc32}[name]
+                source_bytes += clip.source_bytes
+            if row != count:
+                raise RuntimeError(f"{final.name}: {row} of {count} clips arrived")
+            handle.create_dataset("offsets", data=offsets)
+            for name in PER_CLIP:
+                handle.create_dataset(name, data=columns[name])
+            bad = corrupt_rows(blob, offsets, columns["crc32"])
+            if bad.size:
+                raise FatError(f"{final}: clip {ids[int(bad[0])]} reads back different from what was written "
+                               f"({bad.size} clips): the disk or file system is failing")
+            totals = {"bytes": int(offsets[-1]), "source_bytes": int(source_bytes),
+                      "sample_rates": sorted({int(r) for r in columns["sample_rate"]})}
+            for key, value in {**attrs, **totals, "clips": count}.items():
+                handle.attrs[key] = value if not isinstance(value, list) else np.array(value, dtype=np.int64)
+            handle.attrs["complete"] = True  # last: set only once every clip is in and read back
+    return totals
+
+
+def corrupt_rows(blob: Any, offsets: np.ndarray, crcs: np.ndarray, block: int = 64 << 20) -> np.ndarray:
+    """Rows whose bytes in `blob` do not match their CRC32; read in slabs of about `block` bytes."""
+    bad: list[int] = []
+    row, count = 0, len(crcs)
+    while row < count:
+        stop = int(np.searchsorted(offsets, offsets[row] + block, side="right"))
+        stop = min(max(stop - 1, row + 1), count)
+        low, high = int(offsets[row]), int(offsets[stop])
+        slab = blob[low:high].tobytes() if high > low else b""
+        for i in range(row, stop):
+            if zlib.crc32(slab[offsets[i] - low:offsets[i + 1] - low]) != int(crcs[i]):
+                bad.append(i)
+        row = stop
+    return np.asarray(bad, dtype=np.int64)
+
+
+def check_shard_bytes(path: Path) -> list[str]:
+    """Ids of the clips of a shard whose stored bytes fail their CRC32 (empty: intact)."""
+    with open_shard(path) as handle:
+        try:
+            ids = handle["ids"].asstr()[()]
+            bad = corrupt_rows(handle["audio"], handle["offsets"][()], handle["crc32"][()])
+        except (OSError, KeyError, ValueError) as exc:
+            raise FatError(f"{path}: the shard cannot be read ({exc})") from None
+    return [str(ids[i]) for i in bad]

@@ -1,0 +1,447 @@
+"""Packed audio: `fat pack` writes id-keyed shards of FLAC / Vorbis; `PackedAudio` reads them back.
+
+Real files throughout: WAV/FLAC sources written with soundfile, real HDF5 shards, a real
+`kill -9` of a `fat pack` subprocess, real corruption of bytes on disk, real DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from pipeline.audio import fit_length, read_audio
+from pipeline.cli import main
+from pipeline.clip_audio import open_clip_audio
+from pipeline.datafile import load_datafile
+from pipeline.errors import FatError
+from pipeline.packed import PackedAudio
+from pipeline.packed.codecs import normalise_ogg_serial
+from pipeline.packed.format import CHUNK_BYTES
+
+RATE = 32000
+# (id, file name, rate, subtype, channels): AudioSet's own kind first, then what other datasets bring
+SOURCES = [
+    ("-0Qx2kCxA7s", "-0Qx2kCxA7s.wav", RATE, "PCM_16", 1),  # an id that starts with '-'
+    ("abcdefghijk", "abcdefghijk.wav", RATE, "PCM_16", 1),
+    ("stereo_44k", "stereo_44k.wav", 44100, "PCM_16", 2),  # read_audio mixes to mono: so must the reader
+    ("deep_24bit", "deep_24bit.flac", 16000, "PCM_24", 1),
+    ("eight_bit", "eight_bit.wav", 22050, "PCM_U8", 1),
+    ("ünïcode-id", "unicode.wav", RATE, "PCM_16", 1),
+]
+
+
+def signal_for(i: int, rate: int, seconds: float, channels: int) -> np.ndarray:
+    """A tone over noise with a silent gap; different per clip."""
+    rng = np.random.default_rng(i)
+    t = np.arange(int(seconds * rate)) / rate
+    wave = 0.4 * np.sin(2 * np.pi * (220 + 110 * i) * t) + 0.05 * rng.standard_normal(t.size)
+    wave[t.size // 3:t.size // 2] = 0.0
+    if channels == 2:
+        return np.stack([wave, 0.5 * np.roll(wave, 17)], axis=1)
+    return wave
+
+
+def write_corpus(root: Path, sources=SOURCES, seconds: float = 0.6, name: str = "clips") -> Path:
+    """Audio files, an AST datafile listing them and a label CSV; returns the datafile."""
+    audio = root / "audio"
+    audio.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i, (clip_id, file_name, rate, subtype, channels) in enumerate(sources):
+        sf.write(audio / file_name, signal_for(i, rate, seconds * (1 + i % 3 / 4), channels), rate, subtype=subtype)
+        entries.append({"wav": f"audio/{file_name}", "labels": "/m/a", "id": clip_id})
+    datafile = root / f"{name}.json"
+    datafile.write_text(json.dumps({"data": entries}, ensure_ascii=False))
+    (root / "class_labels_indices.csv").write_text('index,mid,display_name\n0,/m/a,"A"\n')
+    return datafile
+
+
+def simple_sources(count: int, prefix: str = "c") -> list[tuple[str, str, int, str, int]]:
+    return [(f"{prefix}{i:03d}", f"{prefix}{i:03d}.wav", RATE, "PCM_16", 1) for i in range(count)]
+
+
+def pack(datafile: Path, out: Path, *extra: str) -> int:
+    return main(["pack", "--datafile", str(datafile), "--out-dir", str(out), "--workers", "1", *extra])
+
+
+def h5(path: Path, mode: str = "r") -> h5py.File:
+    """Open a shard as the reader does (no HDF5 file locking, which would clash with its open handles)."""
+    return h5py.File(path, mode, locking=False)
+
+
+def shard_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("shard-*.h5"))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("packed-corpus"))
+
+
+@pytest.fixture(scope="module")
+def flac_store(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("flac") / "store"
+    assert pack(corpus, out, "--shard-clips", "4") == 0
+    return out
+
+
+# -- round trips ---------------------------------------------------------------------------
+
+def test_flac_pack_reads_back_bit_for_bit_what_read_audio_gives(corpus, flac_store):
+    data = load_datafile(corpus)
+    store = PackedAudio(flac_store, [corpus])
+    assert len(store) == len(data) and store.lossless and [f.name for f in shard_files(flac_store)] == \
+        ["shard-00000-of-00002.h5", "shard-00001-of-00002.h5"]
+    for clip_id, path in zip(data.ids, data.paths, strict=True):
+        packed, rate = store.read(clip_id)
+        wav, wav_rate = read_audio(path)
+        assert packed.dtype == np.float32 and rate == wav_rate
+        np.testing.assert_array_equal(packed, wav)
+        resampled, new_rate = store.read(clip_id, sample_rate=16000)
+        np.testing.assert_array_equal(resampled, read_audio(path, sample_rate=16000)[0])
+        assert new_rate == 16000
+    with h5(shard_files(flac_store)[0]) as shard:
+        assert shard.attrs["complete"] and shard.attrs["codec"] == "flac" and shard.attrs["clips"] == 4
+        assert shard["channels"][2] == 2  # the stereo clip keeps both channels: that is what makes it exact
+        assert shard.attrs["datafile_sha256"] == json.loads((flac_store / "index.json").read_text())["datafile_sha256"]
+
+
+def test_vorbis_pack_keeps_rate_length_and_the_signal(corpus, tmp_path, flac_store):
+    out = tmp_path / "vorbis"
+    assert pack(corpus, out, "--codec", "vorbis", "--shard-clips", "4") == 0
+    store = PackedAudio(out, [corpus])
+    assert not store.lossless and store.codecs == [{"codec": "vorbis", "quality": 4.0}]
+    data = load_datafile(corpus)
+    for clip_id, path in zip(data.ids, data.paths, strict=True):
+        packed, rate = store.read(clip_id)
+        wav, wav_rate = read_audio(path)
+        assert rate == wav_rate and packed.shape == wav.shape and np.isfinite(packed).all()
+        error = np.sqrt(np.mean((packed - wav) ** 2)) / np.sqrt(np.mean(wav**2))
+        assert error < 0.3, f"{clip_id}: relative error {error:.3f}"  # the clip itself, not another
+    vorbis_bytes = json.loads((out / "index.json").read_text())["bytes"]
+    flac_bytes = json.loads((flac_store / "index.json").read_text())["bytes"]
+    assert vorbis_bytes < 0.5 * flac_bytes
+
+
+def test_packing_twice_gives_identical_files_for_both_codecs(corpus, tmp_path):
+    for codec in ("flac", "vorbis"):
+        first, second = tmp_path / f"{codec}1", tmp_path / f"{codec}2"
+        for out in (first, second):
+            assert pack(corpus, out, "--codec", codec, "--shard-clips", "4") == 0
+        names = sorted(p.name for p in first.iterdir())
+        assert names == sorted(p.name for p in second.iterdir())
+        for name in names:
+            assert (first / name).read_bytes() == (second / name).read_bytes(), f"{codec}: {name} differs"
+
+
+def test_ogg_serial_normalisation_keeps_the_stream_decodable(tmp_path):
+    wave = signal_for(3, RATE, 1.0, 1).astype(np.float32)
+    raw_path, fixed_path = tmp_path / "raw.ogg", tmp_path / "fixed.ogg"
+    sf.write(raw_path, wave, RATE, format="OGG", subtype="VORBIS")
+    raw = raw_path.read_bytes()
+    fixed = normalise_ogg_serial(raw)
+    assert fixed != raw and len(fixed) == len(raw) and fixed[14:18] == (0x66617431).to_bytes(4, "little")
+    fixed_path.write_bytes(fixed)
+    decoded, rate = sf.read(fixed_path, dtype="float32")  # libogg checks every page's CRC
+    assert rate == RATE and decoded.shape == wave.shape
+    np.testing.assert_array_equal(decoded, sf.read(raw_path, dtype="float32")[0])
+    assert normalise_ogg_serial(fixed) == fixed
+
+
+def test_a_rerun_keeps_finished_shards_and_rewrites_nothing(corpus, flac_store, capsys):
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in flac_store.iterdir()}
+    assert pack(corpus, flac_store, "--shard-clips", "4") == 0
+    assert "2 kept, 0 written" in capsys.readouterr().out
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in flac_store.iterdir()}
+    assert after == before
+
+
+# -- crash safety and failures -------------------------------------------------------------
+
+def run_pack_process(datafile: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "pack", "--datafile", str(datafile),
+                             "--out-dir", str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc)."""
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            with contextlib.suppress(FileNotFoundError):
+                children = [int(c) for c in (task / "children").read_text().split()]
+                found += children
+                queue += children
+    return found
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_kill_9_mid_run_then_rerun_gives_the_files_of_an_uninterrupted_run(tmp_path, workers):
+    datafile = write_corpus(tmp_path / "src", simple_sources(40), seconds=3.0)
+    args = ("--shard-clips", "4", "--workers", workers, "--batch-size", "2")
+    killed = tmp_path / "killed"
+    process = run_pack_process(datafile, killed, *args)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None and not shard_files(killed):
+        time.sleep(0.002)  # until the first of 10 shards carries its final name
+    assert process.poll() is None, "the run ended before it could be killed"
+    helpers = descendants(process.pid)
+    assert len(helpers) == (0 if workers == "1" else 4)  # fork server, resource tracker, two workers
+    try:
+        os.kill(process.pid, signal.SIGKILL)  # the run alone: its workers must notice and end
+        process.wait()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in helpers):
+            time.sleep(0.05)
+        assert not [pid for pid in helpers if Path(f"/proc/{pid}").exists()], "processes outlived the run"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    survivors = shard_files(killed)
+    assert 1 <= len(survivors) < 10
+    for path in survivors:  # a shard with its final name is whole; anything else is a temporary file
+        with h5(path) as shard:
+            assert shard.attrs["complete"] and len(shard["ids"]) == 4
+    with pytest.raises(FatError, match="incomplete"):
+        PackedAudio(killed)
+    assert main(["pack", "--datafile", str(datafile), "--out-dir", str(killed), *args]) == 0
+    whole = tmp_path / "whole"
+    assert main(["pack", "--datafile", str(datafile), "--out-dir", str(whole), *args]) == 0
+    names = sorted(p.name for p in whole.iterdir())
+    assert sorted(p.name for p in killed.iterdir()) == names and len(names) == 11  # no temporary file left
+    for name in names:
+        assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
+    for path in survivors:
+        assert path.stat().st_ino == (killed / path.name).stat().st_ino  # kept, not rewritten
+
+
+def test_a_clip_that_fails_ends_the_run_quickly_naming_it(tmp_path):
+    datafile = write_corpus(tmp_path / "src", simple_sources(12), seconds=1.0)
+    broken = tmp_path / "src" / "audio" / "c006.wav"
+    broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEthis is not audio")
+    out = tmp_path / "out"
+    started = time.monotonic()
+    process = run_pack_process(datafile, out, "--shard-clips", "2", "--workers", "2", "--batch-size", "1")
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 2, err
+    assert time.monotonic() - started < 30
+    assert "c006" in err and str(broken) in err and "Traceback" not in err
+    assert [p.name for p in shard_files(out)] == [f"shard-0000{i}-of-00006.h5" for i in range(3)]  # those before it
+    assert not [p for p in out.iterdir() if ".fat-tmp-" in p.name]
+    with pytest.raises(FatError, match="incomplete"):
+        PackedAudio(out)
+
+
+def test_flac_refuses_a_float_source_and_vorbis_packs_it(tmp_path, capsys):
+    datafile = write_corpus(tmp_path, [("floaty", "floaty.wav", RATE, "FLOAT", 1)])
+    assert pack(datafile, tmp_path / "flac") == 2
+    err = capsys.readouterr().err
+    assert "floaty" in err and "FLOAT" in err and "--codec vorbis" in err
+    assert pack(datafile, tmp_path / "vorbis", "--codec", "vorbis") == 0
+    packed, _ = PackedAudio(tmp_path / "vorbis").read("floaty")
+    assert packed.shape == read_audio(tmp_path / "audio" / "floaty.wav")[0].shape
+
+
+def test_a_folder_holding_another_pack_is_refused_unless_overwrite(corpus, tmp_path, capsys):
+    out = tmp_path / "store"
+    assert pack(corpus, out, "--shard-clips", "2") == 0
+    assert pack(corpus, out, "--shard-clips", "4") == 2
+    assert "another datafile or with other settings" in capsys.readouterr().err
+    assert len(shard_files(out)) == 3  # untouched
+    assert pack(corpus, out, "--shard-clips", "4", "--overwrite") == 0
+    assert [p.name for p in shard_files(out)] == ["shard-00000-of-00002.h5", "shard-00001-of-00002.h5"]
+    assert len(PackedAudio(out, [corpus])) == len(SOURCES)
+
+
+def test_a_second_run_on_the_same_folder_is_refused(corpus, tmp_path, capsys):
+    out = tmp_path / "store"
+    out.mkdir()
+    handle = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # as a running `fat pack` holds it
+        assert pack(corpus, out) == 2
+        assert "another `fat pack`" in capsys.readouterr().err
+    finally:
+        os.close(handle)
+    assert pack(corpus, out) == 0
+
+
+# -- bad stores give errors naming shard and clip ------------------------------------------
+
+@pytest.fixture()
+def store_copy(flac_store: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in flac_store.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    return copy
+
+
+def clip_file_offset(shard: Path, clip_id: str) -> tuple[int, int]:
+    """Where a clip's encoded bytes lie in the shard file: (file offset, length)."""
+    with h5(shard) as handle:
+        row = list(handle["ids"].asstr()[()]).index(clip_id)
+        start, stop = (int(v) for v in handle["offsets"][row:row + 2])
+        chunk = handle["audio"].id.get_chunk_info_by_coord((start // CHUNK_BYTES * CHUNK_BYTES,))
+        assert (stop - 1) // CHUNK_BYTES == start // CHUNK_BYTES  # one chunk: a small test clip
+        return chunk.byte_offset + start % CHUNK_BYTES, stop - start
+
+
+def test_corrupt_bytes_of_one_clip_are_an_error_naming_shard_and_clip(store_copy, corpus):
+    shard = store_copy / "shard-00000-of-00002.h5"
+    offset, length = clip_file_offset(shard, "abcdefghijk")
+    with open(shard, "r+b") as handle:
+        handle.seek(offset + length // 2)
+        original = handle.read(8)
+        handle.seek(offset + length // 2)
+        handle.write(bytes(b ^ 0x5A for b in original))
+    store = PackedAudio(store_copy, [corpus])
+    with pytest.raises(FatError, match=r"shard-00000-of-00002\.h5: clip abcdefghijk: its bytes fail their CRC32"):
+        store.read("abcdefghijk")
+    intact = read_audio(corpus.parent / "audio" / "-0Qx2kCxA7s.wav")[0]
+    np.testing.assert_array_equal(store.read("-0Qx2kCxA7s")[0], intact)  # the other clips still read
+    assert pack(corpus, store_copy, "--shard-clips", "4", "--verify-existing") == 0  # rewritten
+    np.testing.assert_array_equal(PackedAudio(store_copy).read("abcdefghijk")[0],
+                                  read_audio(corpus.parent / "audio" / "abcdefghijk.wav")[0])
+
+
+def test_bytes_that_pass_the_checksum_but_do_not_decode_are_an_error(store_copy):
+    shard = store_copy / "shard-00001-of-00002.h5"
+    with h5(shard, "r+") as handle:
+        row = list(handle["ids"].asstr()[()]).index("eight_bit")
+        start, stop = (int(v) for v in handle["offsets"][row:row + 2])
+        junk = np.frombuffer(b"fLaC" + bytes(range(256)) * ((stop - start) // 256 + 1), np.uint8)[:stop - start]
+        handle["audio"][start:stop] = junk
+        handle["crc32"][row] = zlib.crc32(junk.tobytes())
+    with pytest.raises(FatError, match=r"shard-00001-of-00002\.h5: clip eight_bit: its flac bytes do not decode"):
+        PackedAudio(store_copy).read("eight_bit")
+
+
+def test_a_truncated_shard_is_an_error_naming_it(store_copy):
+    shard = store_copy / "shard-00001-of-00002.h5"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(FatError, match=r"shard-00001-of-00002\.h5: not a readable packed audio shard"):
+        PackedAudio(store_copy)
+
+
+def test_a_missing_id_is_an_error_naming_it(flac_store, corpus):
+    store = PackedAudio(flac_store)
+    with pytest.raises(FatError, match=r"clip 'no-such-clip' is in none of the packed stores"):
+        store.read("no-such-clip")
+    assert store.missing(["abcdefghijk", "no-such-clip"]) == ["no-such-clip"]
+
+
+def test_a_shard_or_store_of_another_datafile_is_refused(store_copy, corpus, tmp_path):
+    other = write_corpus(tmp_path / "other", simple_sources(8, prefix="o"), name="other")
+    other_store = tmp_path / "other-store"
+    assert pack(other, other_store, "--shard-clips", "4") == 0
+    with pytest.raises(FatError, match=r"packed from another datafile .*repack it"):
+        PackedAudio(other_store, [corpus])
+    (store_copy / "shard-00001-of-00002.h5").write_bytes((other_store / "shard-00001-of-00002.h5").read_bytes())
+    with pytest.raises(FatError, match=r"shard-00001-of-00002\.h5: the shard belongs to another pack"):
+        PackedAudio(store_copy)
+
+
+def test_a_codec_the_reader_does_not_know_is_an_error_naming_the_shard(store_copy):
+    with h5(store_copy / "shard-00000-of-00002.h5", "r+") as handle:
+        handle.attrs["codec"] = "opus"
+    with pytest.raises(FatError, match=r"shard-00000-of-00002\.h5: clips are encoded as 'opus'.*cannot decode"):
+        PackedAudio(store_copy)
+
+
+def test_one_id_in_two_stores_is_refused(flac_store, store_copy):
+    with pytest.raises(FatError, match=r"is in both .*store/shard-.* and .*copy/shard-"):
+        PackedAudio([flac_store, store_copy])
+
+
+# -- readers in other processes, and the one interface stages use --------------------------
+
+class RandomIds(torch.utils.data.Dataset):
+    def __init__(self, store: PackedAudio, ids: list[str]) -> None:
+        self.store, self.ids = store, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, int]:
+        wave, _ = self.store.read(self.ids[i])
+        return os.getpid(), torch.from_numpy(fit_length(wave, 40000)), i
+
+
+def test_dataloader_workers_each_read_through_their_own_handle(flac_store, corpus):
+    store = PackedAudio(flac_store, [corpus])
+    store.read("abcdefghijk")  # the parent holds an open handle when the workers fork
+    ids = list(np.random.default_rng(0).choice(store.ids, size=24))
+    loader = torch.utils.data.DataLoader(RandomIds(store, ids), batch_size=3, num_workers=2,
+                                         multiprocessing_context="fork")
+    path_of = dict(zip(load_datafile(corpus).ids, load_datafile(corpus).paths, strict=True))
+    pids = set()
+    for batch_pids, waves, rows in loader:
+        pids.update(batch_pids.tolist())
+        for wave, row in zip(waves, rows.tolist(), strict=True):
+            np.testing.assert_array_equal(wave.numpy(), fit_length(read_audio(path_of[ids[row]])[0], 40000))
+    assert len(pids) == 2 and os.getpid() not in pids
+
+
+def read_in_child(store: PackedAudio, clip_id: str) -> np.ndarray:
+    return store.read(clip_id)[0]
+
+
+def test_a_spawned_process_gets_the_reader_by_pickle(flac_store):
+    store = PackedAudio(flac_store)
+    store.read("stereo_44k")
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        child = pool.apply(read_in_child, (store, "stereo_44k"))
+    np.testing.assert_array_equal(child, store.read("stereo_44k")[0])
+
+
+def test_clip_audio_reads_the_same_samples_from_files_and_from_the_pack(corpus, flac_store, tmp_path):
+    data = load_datafile(corpus)
+    files = open_clip_audio(data)
+    packed = open_clip_audio(data, [flac_store], datafiles=[corpus])
+    assert files.exact and packed.exact and files.describe() == {"audio": "files"}
+    assert packed.describe()["codecs"] == [{"codec": "flac", "level": 8}]
+    for i in range(len(data)):
+        for rate in (None, 32000):
+            a, b = files.read(i, rate), packed.read(i, rate)
+            assert a[1] == b[1]
+            np.testing.assert_array_equal(a[0], b[0])
+    packed.require_all()
+    extra = write_corpus(tmp_path, SOURCES + simple_sources(1, prefix="new"), name="more")
+    more = load_datafile(extra)
+    with pytest.raises(FatError, match=r"the audio of 1 of 7 clips is missing:\n  new000: not in"):
+        open_clip_audio(more, flac_store).require_all()
+    (tmp_path / "audio" / "new000.wav").unlink()
+    with pytest.raises(FatError, match=r"the audio of 1 of 7 clips is missing:\n  new000: .*new000\.wav"):
+        open_clip_audio(more).require_all()
+
+
+def test_teacher_logits_from_a_flac_pack_equal_those_from_the_wav_files(corpus, flac_store):
+    from teacher import load_teacher
+
+    teacher = load_teacher("mn01_as", random_init=True, num_classes=5, seed=1)
+    data = load_datafile(corpus)
+    files, packed = open_clip_audio(data), open_clip_audio(data, flac_store, [corpus])
+
+    def batch(audio) -> torch.Tensor:
+        return torch.from_numpy(np.stack([fit_length(audio.read(i, 32000)[0], 32000) for i in range(len(data))]))
+
+    with torch.no_grad():
+        from_files, from_pack = teacher(batch(files)), teacher(batch(packed))
+    assert torch.equal(from_files, from_pack) and from_files.std() > 0
