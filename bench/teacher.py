@@ -71,7 +71,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
-    from pipeline.logits import LogitsSettings, autocast_for, run_logits
+    from pipeline.logits import LogitsSettings, run_logits
+    from pipeline.logits.compute import autocast_for
     from pipeline.training.distributed import choose_device
     from teacher import load_teacher
 

@@ -51,7 +51,7 @@ class TeacherTagger:
 
     def __init__(self, names: Sequence[str], checkpoints: Sequence[Path], random_init: bool, num_classes: int | None,
                  device: Any, amp: bool | None) -> None:
-        from pipeline.logits import load_teachers
+        from pipeline.logits.teachers import load_teachers
 
         self.members = [m.to(device) for m in load_teachers(names, checkpoints, random_init, num_classes)]
         self.device, self.amp = device, amp
@@ -63,7 +63,7 @@ class TeacherTagger:
     def logits(self, windows: np.ndarray) -> np.ndarray:
         import torch
 
-        from pipeline.logits import ensemble_logits
+        from pipeline.logits.compute import ensemble_logits
 
         waves = torch.from_numpy(windows).to(self.device)
         return ensemble_logits(self.members, waves, self.device, self.amp).cpu().numpy()
@@ -93,7 +93,7 @@ class StudentTagger:
     def logits(self, windows: np.ndarray) -> np.ndarray:
         import torch
 
-        from pipeline.logits import autocast_for
+        from pipeline.logits.compute import autocast_for
         from student.features import kaldi_fbank, normalize
 
         bins = int(self.config.get("num_mel_bins", self.config.get("input_fdim", 128)))

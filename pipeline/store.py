@@ -1,26 +1,21 @@
 """The teacher logits store: one HDF5 file of `ids` (N,) and `logits` (N, C) plus provenance.
 
-Reading (`LogitsStore`): ids are indexed once into a compact hash table made of numpy arrays
-(no Python object per id), so a forked DataLoader worker shares it without copying and a
+Reading (`LogitsStore`): ids are indexed once into `pipeline.id_index.IdIndex` (numpy arrays,
+no Python object per id), so a forked DataLoader worker shares it without copying and a
 spawned one receives it cheaply; the HDF5 file itself is opened lazily in whichever process
 reads rows, and the operating system's page cache holds its contents once for all of them.
 
-Writing is in two parts so that a crash never leaves a file that looks finished:
-- `WorkLog`: while `fat logits` runs, each finished batch is appended to a log as one
-  self-checking record (length + CRC32). A kill at any moment tears at most the last record,
-  which the next run drops and recomputes.
-- `write_store`: the final HDF5 file is assembled under a temporary name, fsynced and renamed;
-  its `complete` attribute is true only when every requested clip is in.
+Writing (`write_store`): the final HDF5 file is assembled under a temporary name, fsynced and
+renamed; its `complete` attribute is true only when every requested clip is in. While
+`fat logits` runs, its progress lives in a work log instead (`pipeline.logits.worklog`), so a
+crash never leaves a file that looks finished.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import struct
-import zlib
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,94 +23,10 @@ import numpy as np
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import FatError
+from pipeline.id_index import IdIndex
 
 STORE_DTYPES = ("float16", "float32")
 CHUNK_ROWS = 256  # rows per HDF5 chunk: ~270 kB for 527 fp16 columns, one read per batch of neighbours
-
-_FNV_OFFSET = np.uint64(14695981039346656037)
-_FNV_PRIME = np.uint64(1099511628211)
-
-
-def _encode_ids(ids: Sequence[str] | np.ndarray) -> np.ndarray:
-    """Ids as a fixed-width bytes array (utf-8), the form the index compares."""
-    if isinstance(ids, np.ndarray) and ids.dtype.kind == "S":
-        return ids
-    return np.array([str(i).encode("utf-8") for i in ids], dtype=bytes) if len(ids) else np.zeros(0, dtype="S1")
-
-
-def _hash_ids(keys: np.ndarray) -> np.ndarray:
-    """FNV-1a over each id's bytes, vectorised over ids; independent of the array's padding width."""
-    count = keys.shape[0]
-    width = max(keys.dtype.itemsize, 1)
-    octets = np.frombuffer(keys.tobytes(), dtype=np.uint8).reshape(count, width) if count else np.zeros((0, width), np.uint8)
-    lengths = np.char.str_len(keys) if count else np.zeros(0, dtype=np.int64)
-    hashes = np.full(count, _FNV_OFFSET, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for column in range(width):
-            inside = column < lengths
-            mixed = (hashes ^ octets[:, column].astype(np.uint64)) * _FNV_PRIME
-            hashes = np.where(inside, mixed, hashes)
-    return hashes
-
-
-class IdIndex:
-    """O(1) id → row lookup: open addressing (linear probing) over numpy arrays.
-
-    Built vectorised; duplicated ids are an error naming the id.
-    """
-
-    def __init__(self, ids: Sequence[str] | np.ndarray, source: str = "store") -> None:
-        self.keys = _encode_ids(ids)
-        count = self.keys.shape[0]
-        size = 8
-        while size < 2 * count:
-            size *= 2
-        self.mask = np.uint64(size - 1)
-        self.table = np.full(size, -1, dtype=np.int64)
-        hashes = _hash_ids(self.keys)
-        pending = np.arange(count, dtype=np.int64)
-        probe = np.zeros(count, dtype=np.uint64)
-        while pending.size:
-            slots = ((hashes[pending] + probe[pending]) & self.mask).astype(np.int64)
-            occupants = self.table[slots]
-            taken = occupants >= 0
-            clash = taken & (self.keys[np.where(taken, occupants, 0)] == self.keys[pending])
-            if clash.any():
-                duplicate = self.keys[pending[np.flatnonzero(clash)[0]]].decode("utf-8", "replace")
-                raise FatError(f"{source}: id {duplicate!r} occurs more than once")
-            free = ~taken
-            winners_slots, first = np.unique(slots[free], return_index=True)
-            winners = pending[free][first]
-            self.table[winners_slots] = winners
-            probe[pending[taken]] += np.uint64(1)  # a slot held by another id: look further
-            placed = np.zeros(count, dtype=bool)
-            placed[winners] = True
-            pending = pending[~placed[pending]]  # losers of a free slot retry it (and meet its winner)
-
-    def __len__(self) -> int:
-        return int(self.keys.shape[0])
-
-    def rows_of(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
-        """Row of each id, −1 where absent."""
-        queries = _encode_ids(ids)
-        rows = np.full(queries.shape[0], -1, dtype=np.int64)
-        if not queries.shape[0] or not len(self):
-            return rows
-        fits = np.char.str_len(queries) <= self.keys.dtype.itemsize  # longer than every stored id: absent
-        active = np.flatnonzero(fits)
-        slots = (_hash_ids(queries[active]) & self.mask).astype(np.int64)
-        while active.size:
-            occupants = self.table[slots]
-            empty = occupants < 0
-            match = ~empty & (self.keys[np.where(empty, 0, occupants)] == queries[active])
-            rows[active[match]] = occupants[match]
-            keep = ~empty & ~match
-            active, slots = active[keep], (slots[keep] + 1) & int(self.mask)
-        return rows
-
-    def row_of(self, clip_id: str) -> int | None:
-        row = int(self.rows_of([clip_id])[0])
-        return None if row < 0 else row
 
 
 def _plain(value: Any) -> Any:
@@ -314,87 +225,3 @@ def write_store(
             handle.attrs["num_classes"] = int(num_classes)
             handle.attrs["complete"] = bool(complete)
     return path
-
-
-# -- the work log: crash-safe progress of `fat logits` -------------------------------------
-
-_MAGIC = b"FATL"
-_HEADER = struct.Struct("<4sIIQ")  # magic, crc32(meta + payload), meta length, payload length
-
-
-@dataclass
-class LogRecord:
-    """One finished batch: logits of the clips that decoded and the reasons of those that did not."""
-
-    batch: int
-    ids: list[str]
-    logits: np.ndarray  # (len(ids), C) in the store dtype
-    failed: dict[str, str] = field(default_factory=dict)
-    stamp: int = 0  # when it was written (ns): a batch computed again supersedes its older records
-
-
-class WorkLog:
-    """An append-only file of `LogRecord`s; a torn tail (crash mid-write) is detected and dropped."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def records(self, verify: bool = True) -> Iterator[LogRecord]:
-        """Every intact record in order; stops quietly at the first torn or corrupt one."""
-        for record, _end in self._scan(verify=verify):
-            yield record
-
-    def valid_length(self) -> int:
-        """Byte length of the intact prefix."""
-        end = 0
-        for _record, end in self._scan(verify=True):
-            pass
-        return end
-
-    def _scan(self, verify: bool) -> Iterator[tuple[LogRecord, int]]:
-        if not self.path.exists():
-            return
-        with open(self.path, "rb") as handle:
-            offset = 0
-            while True:
-                head = handle.read(_HEADER.size)
-                if len(head) < _HEADER.size:
-                    return
-                magic, crc, meta_len, payload_len = _HEADER.unpack(head)
-                if magic != _MAGIC or meta_len > 1 << 30:
-                    return
-                body = handle.read(meta_len + payload_len)
-                if len(body) < meta_len + payload_len:
-                    return
-                if verify and zlib.crc32(body) != crc:
-                    return
-                try:
-                    meta = json.loads(body[:meta_len])
-                    logits = np.frombuffer(body[meta_len:], dtype=meta["dtype"]).reshape(meta["shape"])
-                except (ValueError, KeyError, TypeError):
-                    return
-                offset += _HEADER.size + meta_len + payload_len
-                yield LogRecord(int(meta["batch"]), list(meta["ids"]), logits, dict(meta.get("failed", {})),
-                                int(meta.get("stamp", 0))), offset
-
-    def open_for_append(self) -> None:
-        """Drop a torn tail left by a crash, so new records follow the last intact one."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        keep = self.valid_length()
-        with open(self.path, "ab") as handle:
-            if handle.tell() != keep:
-                handle.truncate(keep)
-                os.fsync(handle.fileno())
-
-    def append(self, record: LogRecord) -> None:
-        """Write one record and fsync it: once this returns, the batch survives a crash."""
-        logits = np.ascontiguousarray(record.logits)
-        meta = json.dumps({
-            "batch": record.batch, "ids": record.ids, "failed": record.failed, "stamp": record.stamp,
-            "dtype": logits.dtype.str, "shape": list(logits.shape),
-        }).encode("utf-8")
-        body = meta + logits.tobytes()
-        with open(self.path, "ab") as handle:
-            handle.write(_HEADER.pack(_MAGIC, zlib.crc32(body), len(meta), len(body) - len(meta)) + body)
-            handle.flush()
-            os.fsync(handle.fileno())

@@ -20,7 +20,8 @@ import torch
 from pipeline.audio import fit_length, read_audio
 from pipeline.cli import main
 from pipeline.errors import FatError
-from pipeline.store import LogitsStore, WorkLog
+from pipeline.logits.worklog import WorkLog
+from pipeline.store import LogitsStore
 from teacher import create_mn, load_teacher
 from teacher.registry import MIRROR_ENV
 

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from pipeline.errors import FatError
-from pipeline.store import IdIndex, LogitsStore, LogRecord, WorkLog, write_store
+from pipeline.id_index import IdIndex
+from pipeline.logits.worklog import LogRecord, WorkLog
+from pipeline.store import LogitsStore, write_store
 
 ATTRS = {"teacher": "mn04_as", "checkpoint_sha256": "ab" * 32, "random_init": False, "sample_rate": 32000,
          "frontend": "{}", "label_csv_sha256": "cd" * 32, "fat_version": "test", "created": "now"}

@@ -1,0 +1,13 @@
+"""`fat logits`: datafiles → one teacher logits store (`pipeline.store`), resumable and shardable.
+
+settings (what a run is asked) · clips (the datafiles' union) · teachers (members, identity,
+provenance) · compute (forward passes → work log) · worklog (crash-safe records) · run
+(reuse, resume, batches, ranks) · assemble (the store) · failures (`.failed.csv`) ·
+teacher_metrics (the teacher's own mAP).
+"""
+
+from pipeline.logits.assemble import Outcome
+from pipeline.logits.run import run_logits
+from pipeline.logits.settings import LogitsSettings
+
+__all__ = ["LogitsSettings", "Outcome", "run_logits"]

@@ -1,0 +1,124 @@
+"""The teacher's forward passes: clips decoded in DataLoader workers, batches run, each appended to the work log."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import FatError
+from pipeline.logits.clips import Clips
+from pipeline.logits.settings import SAMPLE_RATE, LogitsSettings
+from pipeline.logits.worklog import LogRecord, WorkLog
+
+log = logging.getLogger(__name__)
+
+
+class ClipWaves:
+    """Item i → (i, waveform float32 [samples] or zeros, error message or "")."""
+
+    def __init__(self, paths: Sequence[str], samples: int) -> None:
+        self.paths = list(paths)
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray, str]:
+        from pipeline.audio import fit_length, read_audio, require_finite
+
+        try:
+            audio = require_finite(read_audio(self.paths[index], sample_rate=SAMPLE_RATE)[0], self.paths[index])
+            return index, fit_length(audio, self.samples), ""
+        except Exception as exc:  # any decoder failure is reported per clip, never skipped silently
+            message = str(exc) if isinstance(exc, FatError) else f"{self.paths[index]}: {type(exc).__name__}: {exc}"
+            return index, np.zeros(self.samples, dtype=np.float32), message
+
+
+def collate_waves(items: list[tuple[int, np.ndarray, str]]) -> tuple[list[int], Any, list[str]]:
+    import torch
+
+    return [i for i, _, _ in items], torch.from_numpy(np.stack([w for _, w, _ in items])), [e for _, _, e in items]
+
+
+def _quiet_worker(_worker_id: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # decoding and resampling: one thread per worker, the model keeps the rest
+
+
+def compute_precision(device: Any, amp: bool | None) -> str:
+    """The arithmetic the teacher runs in: fp16 autocast on CUDA, bf16 on CPU, else fp32 (amp None = on for CUDA)."""
+    if not ((device.type == "cuda") if amp is None else amp):
+        return "fp32"
+    return "fp16" if device.type == "cuda" else "bf16"
+
+
+def autocast_for(device: Any, amp: bool | None):
+    import contextlib
+
+    import torch
+
+    precision = compute_precision(device, amp)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+
+
+def ensemble_logits(members: Sequence[Any], waves: Any, device: Any, amp: bool | None) -> Any:
+    """Mean raw logits of the members (float32)."""
+    import torch
+
+    with torch.inference_mode(), autocast_for(device, amp):
+        outs = [member(waves).float() for member in members]
+    return outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
+
+
+def compute(members: Sequence[Any], clips: Clips, batches: list[tuple[int, list[int]]], worklog: WorkLog,
+            settings: LogitsSettings, device: Any) -> float:
+    """Run this rank's batches, appending each to the work log; returns the seconds it took."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    members = [m.to(device) for m in members]
+    samples = int(round(settings.clip_seconds * SAMPLE_RATE))
+    loader = DataLoader(
+        ClipWaves(clips.paths, samples), batch_sampler=[todo for _, todo in batches], num_workers=settings.workers,
+        collate_fn=collate_waves, pin_memory=device.type == "cuda", worker_init_fn=_quiet_worker,
+        prefetch_factor=4 if settings.workers else None,
+    )
+    started = last_report = time.monotonic()
+    finished = 0
+    for (number, _), (indices, waves, errors) in zip(batches, loader, strict=True):
+        ok = np.array([not e for e in errors], dtype=bool)
+        ids = [clips.ids[i] for i in indices]
+        failed = {clip_id: error for clip_id, error, good in zip(ids, errors, ok, strict=True) if not good}
+        for clip_id, error in failed.items():
+            log.warning("could not decode clip %s: %s", clip_id, error)
+        rows = np.zeros((0, members[0].num_classes), dtype=settings.dtype)
+        if ok.any():
+            good = waves if ok.all() else waves[torch.from_numpy(ok)]
+            logits = ensemble_logits(members, good.to(device, non_blocking=True), device, settings.amp)
+            bad = ~torch.isfinite(logits).all(dim=1).cpu().numpy()
+            if bad.any():
+                named = [f"{ids[i]} ({clips.paths[indices[i]]})" for i in np.flatnonzero(ok)[bad]]
+                raise FatError(f"the teacher produced NaN or infinite logits for clip(s) {', '.join(named[:5])}"
+                               f"{' ...' if len(named) > 5 else ''}")
+            rows = logits.cpu().numpy().astype(settings.dtype)
+            if settings.dtype == "float16" and not np.isfinite(rows).all():
+                raise FatError(f"logits of clip(s) {', '.join(np.array(ids)[ok][~np.isfinite(rows).all(1)][:5])} "
+                               "overflow float16: use --dtype float32")
+        worklog.append(LogRecord(number, [i for i, good in zip(ids, ok, strict=True) if good], rows, failed,
+                                 time.time_ns()))
+        finished += len(indices)
+        now = time.monotonic()
+        if now - last_report >= settings.progress_every:
+            log.info("  %d / %d clips of this rank, %.1f clips/s", finished, sum(len(t) for _, t in batches),
+                     finished / (now - started))
+            last_report = now
+    elapsed = time.monotonic() - started
+    log.info("  %d clips in %.1f s: %.1f clips/s on %s", finished, elapsed, finished / max(elapsed, 1e-9), device)
+    return elapsed
