@@ -8,7 +8,8 @@ features and the knowledge-distillation loss. Pure torch + timm; never imports `
     logits = model(fbank)            # (B, 1024, 128) → (B, 527)
 """
 
-from student.ast import MODEL_SIZES, ASTModel, create_ast
+from student.ast import MODEL_SIZES, ASTModel
 from student.errors import StudentError
+from student.weights import create_ast
 
 __all__ = ["MODEL_SIZES", "ASTModel", "StudentError", "create_ast"]

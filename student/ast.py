@@ -9,10 +9,8 @@ those of the released AST checkpoints once their DataParallel `module.` prefix i
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.utils.checkpoint
@@ -180,38 +178,3 @@ class ASTModel(nn.Module):
         """Logits plus the merge state (sizes, which patch each final token holds, tokens per layer)."""
         tokens, state = self.forward_tokens(self.embed(x), trace=True)
         return self.forward_head(tokens), state
-
-
-def create_ast(
-    size: str = "base384",
-    num_classes: int = 527,
-    input_fdim: int = 128,
-    input_tdim: int = 1024,
-    fstride: int = 10,
-    tstride: int = 10,
-    imagenet_weights: str | Path | Mapping[str, torch.Tensor] | None = None,
-    ast_checkpoint: str | Path | Mapping[str, torch.Tensor] | None = None,
-    drop_path_rate: float = 0.0,
-) -> ASTModel:
-    """Build an AST and initialise it as AST does.
-
-    - `imagenet_weights`: a local timm/DeiT state-dict file (or dict) of the matching DeiT-distilled
-      model; the RGB patch kernel is summed to one channel, the position grid cut or interpolated.
-    - `ast_checkpoint`: a released AST file (or any AST state dict, `module.` prefix or not); loaded
-      strictly when label count and patch grid match, else the grid is adapted and, for another
-      label count, a fresh head is built (fine-tuning).
-    - neither: random initialisation (timm's ViT init, trunc-normal position embedding).
-    The ImageNet start is applied first, so both can be given (the checkpoint then overrides).
-    """
-    from student import weights
-
-    model = ASTModel(size, num_classes, input_fdim, input_tdim, fstride, tstride, drop_path_rate=drop_path_rate)
-    if imagenet_weights is not None:
-        weights.load_imagenet_weights(model, imagenet_weights)
-    if ast_checkpoint is not None:
-        weights.load_ast_checkpoint(model, ast_checkpoint)
-    return model
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(math.prod(p.shape) for p in model.parameters())

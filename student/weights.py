@@ -1,6 +1,8 @@
-"""Initialising an AST from ImageNet DeiT weights or from an AudioSet-trained AST, as AST does.
+"""Building an AST (`create_ast`) and initialising it from ImageNet DeiT weights or from an
+AudioSet-trained AST, as AST does: the builder sits with the loaders it calls (timm's layout),
+and the model module (`student.ast`) never imports them.
 
-Both read local files only (no hub access): a timm/DeiT state dict, or a released AST
+Both loaders read local files only (no hub access): a timm/DeiT state dict, or a released AST
 checkpoint (a DataParallel state dict: every key starts with `module.`).
 """
 
@@ -160,3 +162,32 @@ def load_ast_checkpoint(model: ASTModel, source: str | Path | StateDict) -> dict
     _check_shapes(own, state, where, set())
     model.load_state_dict(state, strict=True)
     return report
+
+
+def create_ast(
+    size: str = "base384",
+    num_classes: int = 527,
+    input_fdim: int = 128,
+    input_tdim: int = 1024,
+    fstride: int = 10,
+    tstride: int = 10,
+    imagenet_weights: str | Path | Mapping[str, torch.Tensor] | None = None,
+    ast_checkpoint: str | Path | Mapping[str, torch.Tensor] | None = None,
+    drop_path_rate: float = 0.0,
+) -> ASTModel:
+    """Build an AST and initialise it as AST does.
+
+    - `imagenet_weights`: a local timm/DeiT state-dict file (or dict) of the matching DeiT-distilled
+      model; the RGB patch kernel is summed to one channel, the position grid cut or interpolated.
+    - `ast_checkpoint`: a released AST file (or any AST state dict, `module.` prefix or not); loaded
+      strictly when label count and patch grid match, else the grid is adapted and, for another
+      label count, a fresh head is built (fine-tuning).
+    - neither: random initialisation (timm's ViT init, trunc-normal position embedding).
+    The ImageNet start is applied first, so both can be given (the checkpoint then overrides).
+    """
+    model = ASTModel(size, num_classes, input_fdim, input_tdim, fstride, tstride, drop_path_rate=drop_path_rate)
+    if imagenet_weights is not None:
+        load_imagenet_weights(model, imagenet_weights)
+    if ast_checkpoint is not None:
+        load_ast_checkpoint(model, ast_checkpoint)
+    return model
