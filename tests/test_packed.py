@@ -340,6 +340,23 @@ def test_a_truncated_shard_is_an_error_naming_it(store_copy):
         PackedAudio(store_copy)
 
 
+def test_a_missing_shard_or_a_damaged_index_is_an_error_naming_it(store_copy):
+    index = json.loads((store_copy / "index.json").read_text())
+    (store_copy / "shard-00001-of-00002.h5").unlink()
+    with pytest.raises(FatError, match=r"shard-00001-of-00002\.h5: a shard listed in index\.json is missing"):
+        PackedAudio(store_copy)
+    index["shards"][0]["file"] = "../elsewhere.h5"
+    (store_copy / "index.json").write_text(json.dumps(index))
+    with pytest.raises(FatError, match=r"index\.json: the shard list is damaged"):
+        PackedAudio(store_copy)
+    (store_copy / "index.json").write_text('{"format": "fat-packed/1", "complete": tru')
+    with pytest.raises(FatError, match=r"index\.json: not a readable index"):
+        PackedAudio(store_copy)
+    (store_copy / "index.json").unlink()
+    with pytest.raises(FatError, match=r"copy: no index\.json: not a packed audio store"):
+        PackedAudio(store_copy)
+
+
 def test_a_missing_id_is_an_error_naming_it(flac_store, corpus):
     store = PackedAudio(flac_store)
     with pytest.raises(FatError, match=r"clip 'no-such-clip' is in none of the packed stores"):
