@@ -51,10 +51,10 @@ def input_rate(datafile: Path, labels: Path, items: int, mixup: float) -> tuple[
     On a shared machine the wall rate drops with other load; the CPU-time rate is what one
     dedicated core (a DataLoader worker on an otherwise idle host core) delivers.
     """
-    from pipeline.datafile import load_label_csv
-    from pipeline.dataset import Augment, ClipDataset, Features, load_clip_list
+    from pipeline.datafile import load_clips, load_label_csv
+    from pipeline.dataset import Augment, ClipDataset, Features
 
-    clips = load_clip_list(datafile, load_label_csv(labels))
+    clips = load_clips([datafile], load_label_csv(labels), require_files=True)
     dataset = ClipDataset(clips, Features(1024, 128), Augment(mixup=mixup, freqm=48, timem=192))
     dataset[(0, 0)]  # warm-up: imports, resampling kernel
     start, cpu_start = time.perf_counter(), time.process_time()

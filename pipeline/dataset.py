@@ -1,23 +1,22 @@
-"""The training/evaluation dataset over an AST datafile: wav → 16 kHz → kaldi fbank → normalise → augment.
+"""The training/evaluation dataset over a clip list: wav → 16 kHz → kaldi fbank → normalise → augment.
 
 Items follow AST's recipe: optional waveform mixup with a uniformly drawn partner (λ ~ Beta(10, 10),
 labels mixed with the same λ), SpecAugment before normalisation, optional noise and time roll
 after it. Clips are mixed at their files' own rate and resampled to 16 kHz once: resampling is
-linear, so this is the same mix as AST's (which mixes 16 kHz files) for half the resampling work. Teacher logits are looked up by clip id once, at construction, and held in one
-shared-memory tensor; the KD target is mixed in the loss from the clip's and the partner's
-teacher probabilities (see student.kd).
+linear, so this is the same mix as AST's (which mixes 16 kHz files) for half the resampling work.
+Teacher logits are looked up by clip id once, at construction, and held in one shared-memory
+tensor; the KD target is mixed in the loss from the clip's and the partner's teacher
+probabilities (see student.kd).
 
-Nothing big is copied per DataLoader worker: paths and ids are packed into numpy byte buffers,
-labels are CSR integer arrays, teacher logits live in shared memory. Item randomness comes from
-the seed the sampler hands out with each index, so the same (seed, epoch, position) gives the
-same item whatever the number of workers.
+Nothing big is copied per DataLoader worker: the clip list (`pipeline.datafile.ClipList`) keeps
+paths and ids in numpy byte buffers and labels as CSR integer arrays, and teacher logits live in
+shared memory. Item randomness comes from the seed the sampler hands out with each index, so the
+same (seed, epoch, position) gives the same item whatever the number of workers.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from pipeline.datafile import ClipList, LabelSet
 from pipeline.errors import FatError
 
 log = logging.getLogger(__name__)
@@ -33,144 +33,6 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 MIXUP_BETA = 10.0  # AST draws the mixup weight from Beta(10, 10)
 MISSING_TEACHER_POLICIES = ("error", "mask")
-
-
-class PackedStrings:
-    """A read-only list of strings in two numpy arrays (utf-8 bytes + offsets).
-
-    A Python list of two million str objects is copied page by page into every forked worker as
-    reference counts change; numpy buffers are never touched that way.
-    """
-
-    def __init__(self, strings: Iterable[str]) -> None:
-        encoded = [str(s).encode("utf-8") for s in strings]
-        self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(e) for e in encoded], out=self.offsets[1:])
-        self.blob = np.frombuffer(b"".join(encoded), dtype=np.uint8) if encoded else np.zeros(0, np.uint8)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getitem__(self, i: int) -> str:
-        return self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes().decode("utf-8")
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
-
-    @classmethod
-    def concatenate(cls, parts: Sequence["PackedStrings"]) -> "PackedStrings":
-        """One list holding the strings of `parts` in order, joined as bytes (nothing decoded)."""
-        joined = cls.__new__(cls)
-        joined.blob = np.concatenate([p.blob for p in parts]) if parts else np.zeros(0, np.uint8)
-        joined.offsets = _join_offsets([p.offsets for p in parts])
-        return joined
-
-
-def _join_offsets(parts: Sequence[np.ndarray]) -> np.ndarray:
-    """CSR offsets of consecutive parts as the offsets of their concatenation."""
-    joined, shift = [np.zeros(1, np.int64)], 0
-    for offsets in parts:
-        joined.append(offsets[1:] + shift)
-        shift += int(offsets[-1])
-    return np.concatenate(joined).astype(np.int64)
-
-
-@dataclass(frozen=True)
-class ClipList:
-    """The clips of one split: ids, absolute wav paths and their classes in CSR form."""
-
-    ids: PackedStrings
-    paths: PackedStrings
-    class_indices: np.ndarray  # int32, every clip's classes concatenated
-    offsets: np.ndarray  # int64, clip i: class_indices[offsets[i]:offsets[i + 1]]
-    num_classes: int
-    source: str  # the datafile, for messages
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def classes_of(self, i: int) -> np.ndarray:
-        return self.class_indices[self.offsets[i]:self.offsets[i + 1]]
-
-    def multi_hot(self, i: int) -> np.ndarray:
-        target = np.zeros(self.num_classes, dtype=np.float32)
-        target[self.classes_of(i)] = 1.0
-        return target
-
-    def targets(self) -> np.ndarray:
-        """Every clip's multi-hot row, float32 (N, C), built from the CSR arrays in one step."""
-        rows = np.repeat(np.arange(len(self)), np.diff(self.offsets))
-        table = np.zeros((len(self), self.num_classes), dtype=np.float32)
-        table[rows, self.class_indices] = 1.0
-        return table
-
-    def label_counts(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    @classmethod
-    def from_lists(cls, ids: Sequence[str], paths: Sequence[str], classes: Sequence[Sequence[int]], num_classes: int,
-                   source: str) -> "ClipList":
-        counts = np.fromiter((len(c) for c in classes), dtype=np.int64, count=len(classes))
-        offsets = np.zeros(len(classes) + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        flat = np.fromiter((k for c in classes for k in c), dtype=np.int32, count=int(offsets[-1]))
-        return cls(PackedStrings(ids), PackedStrings(paths), flat, offsets, num_classes, source)
-
-    def fingerprint(self) -> str:
-        """sha256 of the ids and their classes in order (not the paths: a moved corpus is the same data)."""
-        digest = hashlib.sha256()
-        for array in (self.ids.offsets, self.ids.blob, self.offsets, self.class_indices):
-            digest.update(np.ascontiguousarray(array).tobytes())
-        return digest.hexdigest()
-
-    @classmethod
-    def concatenate(cls, parts: Sequence["ClipList"]) -> "ClipList":
-        """The clips of `parts` in order, as one list (same label set)."""
-        return cls(PackedStrings.concatenate([p.ids for p in parts]), PackedStrings.concatenate([p.paths for p in parts]),
-                   np.concatenate([p.class_indices for p in parts]), _join_offsets([p.offsets for p in parts]),
-                   parts[0].num_classes, " + ".join(p.source for p in parts))
-
-    def check_single_label(self) -> None:
-        """Cross-entropy needs exactly one class per clip: name the first clips that break that."""
-        bad = np.flatnonzero(self.label_counts() != 1)
-        if bad.size:
-            shown = ", ".join(f"{self.ids[i]} ({self.label_counts()[i]} labels)" for i in bad[:5])
-            raise FatError(
-                f"{self.source}: single-label training (--loss ce) needs exactly one label per clip; "
-                f"{bad.size} clips do not: {shown}{' ...' if bad.size > 5 else ''}"
-            )
-
-
-def load_clip_lists(datafiles: Sequence[str | Path], label_set: Any) -> ClipList:
-    """Several datafiles as one list (e.g. AudioSet balanced + unbalanced = AST's full training set).
-
-    Each file's relative wav paths resolve against its own folder; an id listed by two files is an
-    error naming both, because the clip would be drawn twice as often and its teacher row is one.
-    """
-    if len(datafiles) == 1:
-        return load_clip_list(datafiles[0], label_set)
-    parts = [load_clip_list(path, label_set) for path in datafiles]
-    first_seen: dict[str, str] = {}
-    for part in parts:
-        for clip_id in part.ids:
-            if clip_id in first_seen:
-                raise FatError(f"clip {clip_id} is listed in both {first_seen[clip_id]} and {part.source}")
-            first_seen[clip_id] = part.source
-    return ClipList.concatenate(parts)
-
-
-def load_clip_list(datafile: str | Path, label_set: Any) -> ClipList:
-    """Read an AST datafile against a label set (pipeline.datafile) into a ClipList; every clip's
-    audio must exist (a FatError names the missing ones) before training or evaluation starts."""
-    from pipeline.datafile import load_datafile
-
-    data = load_datafile(datafile, label_set)
-    if len(data) == 0:
-        raise FatError(f"{datafile}: the datafile lists no clips")
-    data.check_files_exist()
-    return ClipList(PackedStrings(data.ids), PackedStrings(data.paths),
-                    np.asarray(data.class_flat, dtype=np.int32), np.asarray(data.class_offsets, dtype=np.int64),
-                    len(label_set), str(datafile))
 
 
 @dataclass(frozen=True)
@@ -185,7 +47,7 @@ class TeacherTable:
         return float(self.present.float().mean()) if len(self.present) else 0.0
 
 
-def load_teacher_table(store_path: str | Path, clips: ClipList, label_set: Any, missing: str = "error",
+def load_teacher_table(store_path: str | Path, clips: ClipList, label_set: LabelSet | None, missing: str = "error",
                        block: int = 4096) -> TeacherTable:
     """Look every clip up in a teacher logits store; apply the missing-teacher policy.
 

@@ -425,16 +425,12 @@ def norm_from_config(config: dict[str, Any]) -> tuple[float, float]:
 
 def load_eval_set(request: EvalRequest) -> tuple[Any, Any, np.ndarray]:
     """(clip list, labels, targets (N, C)) of the eval datafile (the first `limit` clips)."""
-    from pipeline.datafile import load_label_csv
-    from pipeline.dataset import ClipList, load_clip_list
+    from pipeline.datafile import label_csv_beside, load_clips, load_label_csv
 
-    labels_path = request.labels or request.datafile.parent / "class_labels_indices.csv"
-    labels = load_label_csv(labels_path)
-    clips = load_clip_list(request.datafile, labels)
-    if request.limit is not None and request.limit < len(clips):
-        keep = range(request.limit)
-        clips = ClipList.from_lists([clips.ids[i] for i in keep], [clips.paths[i] for i in keep],
-                                    [clips.classes_of(i).tolist() for i in keep], clips.num_classes, clips.source)
+    labels = load_label_csv(request.labels or label_csv_beside(request.datafile))
+    clips = load_clips([request.datafile], labels, require_files=True)
+    if request.limit is not None:
+        clips = clips.head(request.limit)
     targets = clips.targets()
     return clips, labels, targets
 

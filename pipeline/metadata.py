@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.atomic import write_bytes_atomic, write_text_atomic
+from pipeline.datafile.labels import LABEL_CSV_NAME, LabelSet, load_label_csv
 from pipeline.errors import FatError
 from pipeline.ids import YTID_PATTERN, is_valid_ytid, split_labels
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:  # pandas is imported where used, so that `fat --help` stays f
 
 SPLITS: tuple[str, ...] = ("balanced_train", "eval", "unbalanced_train")
 RAW_FILENAMES: dict[str, str] = {split: f"{split}_segments.csv" for split in SPLITS}
-LABEL_FILENAME = "class_labels_indices.csv"
 COLUMNS: tuple[str, ...] = ("ytid", "start_seconds", "end_seconds", "positive_labels")
 # AudioSet windows are at most 10 s; the small tolerance absorbs the 3-decimal rounding of the CSVs.
 MAX_WINDOW_SECONDS = 10.0
@@ -44,50 +44,12 @@ class SkippedRow:
     text: str
 
 
-@dataclass(frozen=True)
-class LabelTable:
-    """The class list: MIDs in index order and their display names."""
-
-    mids: tuple[str, ...]
-    names: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.mids)
-
-
 # --------------------------------------------------------------------------- label CSV
 
 
-def parse_label_csv(path: str | Path) -> LabelTable:
-    """Read `class_labels_indices.csv` (`index,mid,display_name`); indices must be 0..C-1 in order."""
-    path = Path(path)
-    rows = _read_csv_rows(path)
-    if not rows or [cell.strip() for cell in rows[0][1]] != ["index", "mid", "display_name"]:
-        raise FatError(f"{path}:1: expected the header 'index,mid,display_name'")
-    mids: list[str] = []
-    names: list[str] = []
-    seen: dict[str, int] = {}
-    for line, cells in rows[1:]:
-        if len(cells) != 3:
-            raise FatError(f"{path}:{line}: expected 3 fields (index,mid,display_name), found {len(cells)}")
-        index_text, mid, name = (cell.strip() for cell in cells)
-        if index_text != str(len(mids)):
-            raise FatError(f"{path}:{line}: index {index_text!r} out of order (expected {len(mids)})")
-        if not mid.startswith("/"):
-            raise FatError(f"{path}:{line}: {mid!r} is not a label MID (like /m/09x0r)")
-        if mid in seen:
-            raise FatError(f"{path}:{line}: MID {mid} repeats line {seen[mid]}")
-        seen[mid] = line
-        mids.append(mid)
-        names.append(name)
-    if not mids:
-        raise FatError(f"{path}: no classes")
-    return LabelTable(tuple(mids), tuple(names))
-
-
-def copy_label_csv(source: str | Path, destination: str | Path) -> LabelTable:
+def copy_label_csv(source: str | Path, destination: str | Path) -> LabelSet:
     """Check `source` and copy it byte for byte (its sha256 is provenance for the logits store)."""
-    labels = parse_label_csv(source)
+    labels = load_label_csv(source)
     write_bytes_atomic(destination, Path(source).read_bytes())
     return labels
 
@@ -195,7 +157,7 @@ def _check_segment_row(text: str, known: frozenset[str] | None) -> tuple[str, fl
     if known is not None:
         unknown = [mid for mid in mids if mid not in known]
         if unknown:
-            raise ValueError(f"unknown label MID(s) {', '.join(unknown)} (not in {LABEL_FILENAME})")
+            raise ValueError(f"unknown label MID(s) {', '.join(unknown)} (not in {LABEL_CSV_NAME})")
     return ytid, start, end, mids
 
 
@@ -220,26 +182,6 @@ def _check_window(start: float, end: float) -> None:
 
 def _first_field(text: str) -> str:
     return text.split(",", 1)[0].strip()
-
-
-def _read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
-    """(line number, cells) of every non-blank CSV record."""
-    try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.reader(handle, strict=True)
-            rows: list[tuple[int, list[str]]] = []
-            line = 1
-            for cells in reader:
-                if cells:
-                    rows.append((line, cells))
-                line = reader.line_num + 1
-            return rows
-    except OSError as exc:
-        raise FatError(f"{path}: cannot read ({exc.strerror})") from None
-    except csv.Error as exc:
-        raise FatError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
-    except UnicodeDecodeError as exc:
-        raise FatError(f"{path}: not UTF-8 text ({exc})") from None
 
 
 # --------------------------------------------------------------------------- normalised CSVs

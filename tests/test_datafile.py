@@ -1,4 +1,4 @@
-"""Datafile and label-CSV reading/writing: AST's own files load unchanged; problems name file and entry."""
+"""Datafile, label-CSV and clip-list reading/writing: AST's own files load unchanged; problems name file and entry."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from pipeline.datafile import (
-    DatafileEntry, LabelSet, load_datafile, load_label_csv, wav_reference, write_datafile, write_label_csv,
+    DatafileEntry, LabelSet, PackedStrings, load_clips, load_datafile, load_label_csv, wav_reference, write_datafile,
+    write_label_csv,
 )
 from pipeline.errors import FatError
+from tests.train_fixtures import make_task
 
 AST_LABEL_CSV = 'index,mid,display_name\n0,/m/09x0r,"Speech"\n1,/m/05zppz,"Male speech, man speaking"\n2,/m/07rwj00,"Dog"\n'
 
@@ -68,7 +70,7 @@ def test_ast_datafile_with_absolute_paths_and_no_ids_loads_unchanged(tmp_path: P
     assert list(data.ids) == ["../audio/a", "../audio/b"]  # relative path without extension
     assert data.labels[0] == ("/m/09x0r", "/m/05zppz")
     np.testing.assert_array_equal(data.multi_hot(0, labels), [1, 1, 0])
-    np.testing.assert_array_equal(data.class_indices(1), [2])
+    np.testing.assert_array_equal(data.classes_of(1), [2])
     data.check_files_exist()
 
 
@@ -128,3 +130,52 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
         write_datafile(path, failing())
     assert path.read_text() == '{"data": []}'  # the old file is untouched
     assert [p.name for p in tmp_path.iterdir()] == ["d.json"]
+
+
+# --------------------------------------------------------------------------- the clip list
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return make_task(tmp_path_factory.mktemp("clips"), n_train=10, n_valid=4, num_classes=4, seed=1)
+
+
+@pytest.fixture(scope="module")
+def label_set(task):
+    return load_label_csv(task.labels)
+
+
+@pytest.fixture(scope="module")
+def clips(task, label_set):
+    return load_clips([task.train], label_set, require_files=True)
+
+
+def test_single_label_check_names_clips_with_several_labels(clips):
+    with pytest.raises(FatError, match=r"exactly one label per clip; \d+ clips do not: train\d+ \(2 labels\)"):
+        clips.check_single_label()
+
+
+def test_packed_strings_round_trip():
+    words = ["-abc_DEF123", "ünïcode/päth.wav", ""]
+    packed = PackedStrings(words)
+    assert len(packed) == 3 and list(packed) == words and packed[1] == words[1]
+    assert isinstance(packed.blob, np.ndarray) and packed.offsets.dtype == np.int64
+
+
+def test_several_datafiles_train_as_one_list_and_a_shared_id_is_named(task, clips, label_set, tmp_path):
+    """AST's full AudioSet is balanced + unbalanced: two datafiles, each with paths relative to itself."""
+    entries = json.loads(task.train.read_text())["data"]
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps({"data": [{**e, "wav": str(task.root / e["wav"])} for e in entries[:4]]}))
+    nested = task.root / "more" / "second.json"  # relative paths resolve against its own folder
+    nested.parent.mkdir(exist_ok=True)
+    nested.write_text(json.dumps({"data": [{**e, "wav": "../" + e["wav"]} for e in entries[4:]]}))
+    joined = load_clips([first, nested], label_set)
+    assert len(joined) == len(clips) and list(joined.ids) == list(clips.ids)
+    assert [str(p) for p in joined.paths] == [str(p) for p in clips.paths]
+    for i in range(len(clips)):
+        assert joined.classes_of(i).tolist() == clips.classes_of(i).tolist()
+    np.testing.assert_array_equal(joined.targets(), np.stack([clips.multi_hot(i) for i in range(len(clips))]))
+    assert str(first) in joined.source and str(nested) in joined.source
+    with pytest.raises(FatError, match=f"clip {entries[0]['id']} is listed in both .*first.json and .*train.json"):
+        load_clips([first, task.train], label_set)

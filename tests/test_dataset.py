@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -13,12 +11,10 @@ from pipeline.dataset import (
     Augment,
     ClipDataset,
     Features,
-    PackedStrings,
-    load_clip_list,
-    load_clip_lists,
     load_teacher_table,
     mix_waves,
 )
+from pipeline.datafile import load_clips
 from pipeline.errors import FatError
 from student.features import kaldi_fbank, normalize
 from tests.train_fixtures import make_task, oracle_logits, write_label_csv, write_store
@@ -40,7 +36,7 @@ def label_set(task):
 
 @pytest.fixture(scope="module")
 def clips(task, label_set):
-    return load_clip_list(task.train, label_set)
+    return load_clips([task.train], label_set, require_files=True)
 
 
 @pytest.fixture(scope="module")
@@ -136,11 +132,6 @@ def test_stores_that_do_not_fit_the_labels_are_refused(task, clips, label_set, t
     assert load_teacher_table(incomplete, clips, label_set, missing="mask").present.all()
 
 
-def test_single_label_check_names_clips_with_several_labels(clips):
-    with pytest.raises(FatError, match=r"exactly one label per clip; \d+ clips do not: train\d+ \(2 labels\)"):
-        clips.check_single_label()
-
-
 def test_workers_give_the_same_items_as_the_main_process(clips, teacher):
     from torch.utils.data import DataLoader
 
@@ -152,29 +143,3 @@ def test_workers_give_the_same_items_as_the_main_process(clips, teacher):
     for a, b in zip(*batches):
         torch.testing.assert_close(a["fbank"], b["fbank"])
         torch.testing.assert_close(a["target"], b["target"])
-
-
-def test_packed_strings_round_trip():
-    words = ["-abc_DEF123", "ünïcode/päth.wav", ""]
-    packed = PackedStrings(words)
-    assert len(packed) == 3 and list(packed) == words and packed[1] == words[1]
-    assert isinstance(packed.blob, np.ndarray) and packed.offsets.dtype == np.int64
-
-
-def test_several_datafiles_train_as_one_list_and_a_shared_id_is_named(task, clips, label_set, tmp_path):
-    """AST's full AudioSet is balanced + unbalanced: two datafiles, each with paths relative to itself."""
-    entries = json.loads(task.train.read_text())["data"]
-    first = tmp_path / "first.json"
-    first.write_text(json.dumps({"data": [{**e, "wav": str(task.root / e["wav"])} for e in entries[:4]]}))
-    nested = task.root / "more" / "second.json"  # relative paths resolve against its own folder
-    nested.parent.mkdir(exist_ok=True)
-    nested.write_text(json.dumps({"data": [{**e, "wav": "../" + e["wav"]} for e in entries[4:]]}))
-    joined = load_clip_lists([first, nested], label_set)
-    assert len(joined) == len(clips) and list(joined.ids) == list(clips.ids)
-    assert [str(p) for p in joined.paths] == [str(p) for p in clips.paths]
-    for i in range(len(clips)):
-        assert joined.classes_of(i).tolist() == clips.classes_of(i).tolist()
-    np.testing.assert_array_equal(joined.targets(), np.stack([clips.multi_hot(i) for i in range(len(clips))]))
-    assert str(first) in joined.source and str(nested) in joined.source
-    with pytest.raises(FatError, match=f"clip {entries[0]['id']} is listed in both .*first.json and .*train.json"):
-        load_clip_lists([first, task.train], label_set)

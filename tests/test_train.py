@@ -66,15 +66,15 @@ def learned(task):
 
 def test_tiny_ast_learns_a_generated_multilabel_task(task, learned):
     from pipeline.checkpoint import load_student
-    from pipeline.datafile import load_label_csv
-    from pipeline.dataset import ClipDataset, Features, load_clip_list
+    from pipeline.datafile import load_clips, load_label_csv
+    from pipeline.dataset import ClipDataset, Features
     from pipeline.metrics import multilabel_metrics
     from student import create_ast
 
     result = json.loads((learned / "result.json").read_text())
     assert result["weight_averaged"] and result["epochs"] == 5
     assert result["final"]["mAP"] >= 0.9, result["final"]
-    clips = load_clip_list(task.valid, load_label_csv(task.labels))
+    clips = load_clips([task.valid], load_label_csv(task.labels), require_files=True)
     dataset = ClipDataset(clips, Features(96, 128))
     fbank = torch.stack([dataset[i]["fbank"] for i in range(len(dataset))])
     # The untrained model (same seed, same initial weights) is far from it: this is learning.

@@ -105,8 +105,8 @@ def test_sigterm_and_kill_then_resume_equal_an_uninterrupted_run(task):
 
 def test_torchrun_two_gloo_ranks_train_and_score_every_validation_clip(task):
     from pipeline.checkpoint import load_student
-    from pipeline.datafile import load_label_csv
-    from pipeline.dataset import ClipDataset, Features, load_clip_list
+    from pipeline.datafile import load_clips, load_label_csv
+    from pipeline.dataset import ClipDataset, Features
     from pipeline.metrics import multilabel_metrics
 
     out = task.root / "ddp"
@@ -121,7 +121,7 @@ def test_torchrun_two_gloo_ranks_train_and_score_every_validation_clip(task):
     # 16 clips over 2 ranks × batch 2 = 4 optimiser steps; 7 validation clips (odd: no padding) all scored once.
     assert result["history"][0]["step"] == 4
     assert result["final"]["clips"] == 7
-    clips = load_clip_list(task.valid, load_label_csv(task.labels))
+    clips = load_clips([task.valid], load_label_csv(task.labels), require_files=True)
     dataset = ClipDataset(clips, Features(64, 128))
     model, _ = load_student(out / "student.pt")
     with torch.no_grad():

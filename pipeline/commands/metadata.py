@@ -51,9 +51,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.errors import FatError
+    from pipeline.datafile import LABEL_CSV_NAME, load_label_csv
     from pipeline.metadata import (
-        LABEL_FILENAME, RAW_FILENAMES, balanced_subset, class_counts, copy_label_csv, fetch_raw_file,
-        parse_label_csv, parse_segments_csv, write_metadata_csv, write_skip_report,
+        RAW_FILENAMES, balanced_subset, class_counts, copy_label_csv, fetch_raw_file, parse_segments_csv,
+        write_metadata_csv, write_skip_report,
     )
 
     for name, value in (("--limit", args.limit), ("--balanced-subset", args.balanced_subset)):
@@ -70,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
         log.info("fetching %s (kept in %s)", name, args.raw_dir)
         return fetch_raw_file(name, args.raw_dir, args.base_url, args.timeout)
 
-    label_source = locate(LABEL_FILENAME)
-    labels = parse_label_csv(label_source)
+    label_source = locate(LABEL_CSV_NAME)
+    labels = load_label_csv(label_source)
     # Parse and check every split before writing anything: a bad file leaves the outputs untouched.
     results = {}
     for split in splits:
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             frame = frame.head(args.limit).reset_index(drop=True)
         results[split] = (frame, skipped, total)
 
-    copy_label_csv(label_source, args.out_dir / LABEL_FILENAME)
+    copy_label_csv(label_source, args.out_dir / LABEL_CSV_NAME)
     for split, (frame, skipped, total) in results.items():
         out = args.out_dir / f"{split}.csv"
         write_metadata_csv(out, frame)

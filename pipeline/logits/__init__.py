@@ -1,9 +1,9 @@
 """`fat logits`: datafiles → one teacher logits store (`pipeline.store`), resumable and shardable.
 
-settings (what a run is asked) · clips (the datafiles' union) · teachers (members, identity,
-provenance) · compute (forward passes → work log) · worklog (crash-safe records) · run
-(reuse, resume, batches, ranks) · assemble (the store) · failures (`.failed.csv`) ·
-teacher_metrics (the teacher's own mAP).
+settings (what a run is asked; its clips come from `pipeline.datafile.load_clips`) · teachers
+(members, identity, provenance) · compute (forward passes → work log) · worklog (crash-safe
+records) · run (reuse, resume, batches, ranks) · assemble (the store) · failures
+(`.failed.csv`) · teacher_metrics (the teacher's own mAP).
 """
 
 from pipeline.logits.assemble import Outcome

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.datafile import ClipList
 from pipeline.errors import FatError
-from pipeline.logits.clips import Clips
 from pipeline.logits.failures import write_failure_report
 from pipeline.logits.settings import LogitsSettings
 from pipeline.logits.teacher_metrics import teacher_metrics
@@ -35,7 +35,7 @@ class Outcome:
     compute_seconds: float = 0.0  # rank 0's time from its first batch request to its last record
 
 
-def finish(settings: LogitsSettings, clips: Clips, members: Sequence[Any], identity: dict[str, Any], labels: Any,
+def finish(settings: LogitsSettings, clips: ClipList, members: Sequence[Any], identity: dict[str, Any],
            computed: int) -> Outcome:
     """Assemble the store from the old store and the work logs; report failures and metrics."""
     reuse = LogitsStore(settings.out, allow_incomplete=True) if settings.out.exists() else None
@@ -43,15 +43,16 @@ def finish(settings: LogitsSettings, clips: Clips, members: Sequence[Any], ident
         reuse = None  # replaced (--overwrite checked it)
     done, failures = scan_partial(settings.partial_dir)
     old_ids = list(reuse.ids) if reuse is not None else []
+    requested = list(clips.ids)
     old_set = set(old_ids)
-    new_ids = [i for i in clips.ids if i not in old_set and i in done]
+    new_ids = [i for i in requested if i not in old_set and i in done]
     order = old_ids + new_ids
     row_of = {clip_id: row for row, clip_id in enumerate(order)}
-    missing = [i for i in clips.ids if i not in row_of]
+    missing = [i for i in requested if i not in row_of]
     failures = {i: failures.get(i, "no logits were computed (interrupted?)") for i in missing}
     complete = not failures or settings.skip_undecodable
     attrs = store_attrs(members, identity, settings)
-    attrs.update({"requested": len(clips.ids), "missing": len(failures), "dtype": settings.dtype})
+    attrs.update({"requested": len(clips), "missing": len(failures), "dtype": settings.dtype})
     if failures and settings.skip_undecodable:
         attrs["excluded"] = json.dumps(sorted(failures))
 
@@ -82,14 +83,14 @@ def finish(settings: LogitsSettings, clips: Clips, members: Sequence[Any], ident
         reuse.close()
     write_failure_report(settings, clips, failures)
     shutil.rmtree(settings.partial_dir, ignore_errors=True)
-    metrics = teacher_metrics(settings, clips, members, labels) if labels is not None else None
-    outcome = Outcome(settings.out, complete, computed, len(clips.ids) - computed, failures, metrics)
+    metrics = teacher_metrics(settings, clips, members) if clips.label_set is not None else None
+    outcome = Outcome(settings.out, complete, computed, len(clips) - computed, failures, metrics)
     log.info("%s: %d rows, %s%s", settings.out, len(order), "complete" if complete else "INCOMPLETE",
              f"; teacher mAP {metrics['all']['mAP']:.4f} over {metrics['all']['clips']} clips" if metrics else "")
     if failures and not settings.skip_undecodable:
         shown = "; ".join(f"{k}: {v}" for k, v in list(failures.items())[:3])
         raise FatError(
-            f"{len(failures)} of {len(clips.ids)} clips have no logits (listed in {settings.failed_csv}): {shown}"
+            f"{len(failures)} of {len(clips)} clips have no logits (listed in {settings.failed_csv}): {shown}"
             f"{' ...' if len(failures) > 3 else ''}. The store was written but marked incomplete. Fix or remove "
             "these clips (fat validate rejects undecodable ones) and rerun, or pass --skip-undecodable"
         )

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.datafile import ClipList
 from pipeline.errors import FatError
-from pipeline.logits.clips import Clips
 from pipeline.logits.settings import SAMPLE_RATE, LogitsSettings
 from pipeline.logits.worklog import LogRecord, WorkLog
 
@@ -77,7 +77,7 @@ def ensemble_logits(members: Sequence[Any], waves: Any, device: Any, amp: bool |
     return outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
 
 
-def compute(members: Sequence[Any], clips: Clips, batches: list[tuple[int, list[int]]], worklog: WorkLog,
+def compute(members: Sequence[Any], clips: ClipList, batches: list[tuple[int, list[int]]], worklog: WorkLog,
             settings: LogitsSettings, device: Any) -> float:
     """Run this rank's batches, appending each to the work log; returns the seconds it took."""
     import torch
@@ -86,7 +86,7 @@ def compute(members: Sequence[Any], clips: Clips, batches: list[tuple[int, list[
     members = [m.to(device) for m in members]
     samples = int(round(settings.clip_seconds * SAMPLE_RATE))
     loader = DataLoader(
-        ClipWaves(clips.paths, samples), batch_sampler=[todo for _, todo in batches], num_workers=settings.workers,
+        ClipWaves(list(clips.paths), samples), batch_sampler=[todo for _, todo in batches], num_workers=settings.workers,
         collate_fn=collate_waves, pin_memory=device.type == "cuda", worker_init_fn=_quiet_worker,
         prefetch_factor=4 if settings.workers else None,
     )

@@ -6,11 +6,11 @@ import csv
 import io
 
 from pipeline.atomic import write_text_atomic
-from pipeline.logits.clips import Clips
+from pipeline.datafile import ClipList
 from pipeline.logits.settings import LogitsSettings
 
 
-def write_failure_report(settings: LogitsSettings, clips: Clips, failures: dict[str, str]) -> None:
+def write_failure_report(settings: LogitsSettings, clips: ClipList, failures: dict[str, str]) -> None:
     if not failures:
         settings.failed_csv.unlink(missing_ok=True)  # a stale list from an earlier run no longer holds
         return

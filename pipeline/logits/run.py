@@ -1,8 +1,8 @@
 """`fat logits`: datafiles → one teacher logits store (pipeline.store), resumable and shardable.
 
 How a run goes:
-1. The requested clips are the union of the datafiles' entries (first occurrence wins; one id
-   with two different files is an error). Every clip is read at 32 kHz and zero-padded or cut
+1. The requested clips are the union of the datafiles' entries (`pipeline.datafile.load_clips`:
+   an id listed by two datafiles is an error). Every clip is read at 32 kHz and zero-padded or cut
    to `clip_seconds` (10 s, as the teachers were trained).
 2. Work already done is reused by clip id: rows of an existing store made with the same
    teacher(s) and settings, and the records of an interrupted run (`<store>.partial/`).
@@ -21,14 +21,15 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import write_json_atomic
+from pipeline.datafile import LABEL_CSV_NAME, label_csv_beside, load_clips, load_label_csv
 from pipeline.errors import FatError
 from pipeline.logits.assemble import Outcome, finish
-from pipeline.logits.clips import find_label_csv, load_clips
 from pipeline.logits.compute import compute, compute_precision
-from pipeline.logits.settings import DEFAULT_LABEL_CSV, LogitsSettings
+from pipeline.logits.settings import LogitsSettings
 from pipeline.logits.teacher_metrics import teacher_metrics
 from pipeline.logits.teachers import digest, identity_of, load_teachers
 from pipeline.logits.worklog import WorkLog, scan_partial
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 
 def run_logits(settings: LogitsSettings) -> Outcome | None:
     """Compute (or finish) the store; returns the outcome on rank 0, None on other ranks."""
-    from pipeline.datafile import load_label_csv
     from pipeline.training import distributed
 
     settings.check()
@@ -48,8 +48,9 @@ def run_logits(settings: LogitsSettings) -> Outcome | None:
         label_csv = find_label_csv(settings)
         labels = load_label_csv(label_csv) if label_csv else None
         if labels is None:
-            log.info("no label CSV (%s beside the datafile, or --labels): no teacher metrics", DEFAULT_LABEL_CSV)
+            log.info("no label CSV (%s beside the datafile, or --labels): no teacher metrics", LABEL_CSV_NAME)
         clips = load_clips(settings.datafiles, labels)
+        requested = list(clips.ids)
         num_classes = len(labels) if labels is not None and settings.random_init else None
 
         def members_now() -> list[Any]:
@@ -76,22 +77,22 @@ def run_logits(settings: LogitsSettings) -> Outcome | None:
         reuse = LogitsStore(settings.out, allow_incomplete=True) if decision["reuse"] else None
         done, _ = scan_partial(settings.partial_dir)
         if reuse is not None:
-            have = reuse.rows_of(clips.ids) >= 0
-            done.update(i for i, h in zip(clips.ids, have, strict=True) if h)
-        needed = [i for i, clip_id in enumerate(clips.ids) if clip_id not in done]
+            have = reuse.rows_of(requested) >= 0
+            done.update(i for i, h in zip(requested, have, strict=True) if h)
+        needed = [i for i, clip_id in enumerate(requested) if clip_id not in done]
         if not needed and reuse is not None and reuse.complete and not any(settings.partial_dir.glob("rank*.log")):
             reuse.close()
             if ctx.is_main:  # nothing to add: leave the finished store untouched
                 shutil.rmtree(settings.partial_dir, ignore_errors=True)
-                log.info("%s: up to date (all %d clips present, same teacher and settings)", settings.out, len(clips.ids))
-                metrics = teacher_metrics(settings, clips, members, labels) if labels is not None else None
-                return Outcome(settings.out, True, 0, len(clips.ids), {}, metrics)
+                log.info("%s: up to date (all %d clips present, same teacher and settings)", settings.out, len(clips))
+                metrics = teacher_metrics(settings, clips, members) if labels is not None else None
+                return Outcome(settings.out, True, 0, len(clips), {}, metrics)
             return None
-        batches = fixed_batches(clips.ids, done, settings.batch_size)
+        batches = fixed_batches(requested, done, settings.batch_size)
         mine = batches[ctx.rank::ctx.world_size]
         if ctx.is_main:
             log.info("fat logits: %d clips requested, %d already done, %d to compute in %d batches "
-                     "(%d ranks, device %s, teachers %s)", len(clips.ids), len(clips.ids) - len(needed),
+                     "(%d ranks, device %s, teachers %s)", len(clips), len(clips) - len(needed),
                      len(needed), len(batches), ctx.world_size, ctx.device,
                      ", ".join(m.provenance.name for m in members))
         distributed.barrier(ctx)  # everyone has read the logs before anyone appends to them
@@ -105,11 +106,21 @@ def run_logits(settings: LogitsSettings) -> Outcome | None:
             return None
         if reuse is not None:
             reuse.close()
-        outcome = finish(settings, clips, members, identity, labels, len(needed))
+        outcome = finish(settings, clips, members, identity, len(needed))
         outcome.compute_seconds = seconds
         return outcome
     finally:
         distributed.stop(ctx)
+
+
+def find_label_csv(settings: LogitsSettings) -> Path | None:
+    """--labels, else the label CSV beside the first datafile if there is one (no label CSV: no teacher metrics)."""
+    if settings.labels is not None:
+        if not settings.labels.is_file():
+            raise FatError(f"{settings.labels}: no such label CSV")
+        return settings.labels
+    beside = label_csv_beside(settings.datafiles[0])
+    return beside if beside.is_file() else None
 
 
 def prepare_output(settings: LogitsSettings, identity_sha: str) -> dict[str, Any]:

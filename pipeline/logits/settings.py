@@ -9,7 +9,6 @@ from pipeline.errors import FatError
 from pipeline.store import STORE_DTYPES
 
 SAMPLE_RATE = 32000  # the teachers' input rate
-DEFAULT_LABEL_CSV = "class_labels_indices.csv"
 
 
 @dataclass

@@ -86,14 +86,14 @@ class Trainer:
         return state
 
     def build_data(self) -> None:
-        from pipeline.datafile import load_label_csv
-        from pipeline.dataset import Augment, ClipDataset, Features, load_clip_list, load_clip_lists, load_teacher_table
+        from pipeline.datafile import load_clips, load_label_csv
+        from pipeline.dataset import Augment, ClipDataset, Features, load_teacher_table
         from pipeline.sampling import EpochSampler, balanced_weights
 
         cfg = self.config
         self.label_set = load_label_csv(cfg.labels)
-        self.train_clips = load_clip_lists(cfg.train, self.label_set)
-        self.valid_clips = load_clip_list(cfg.valid, self.label_set)
+        self.train_clips = load_clips(cfg.train, self.label_set, require_files=True)
+        self.valid_clips = load_clips([cfg.valid], self.label_set, require_files=True)
         if not cfg.multi_label:
             self.train_clips.check_single_label()
         if cfg.reports_accuracy:
