@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import atomic_path, write_text_atomic
+from pipeline.datafile import LABEL_CSV_NAME, label_csv_text
 from pipeline.errors import FatError
 from pipeline.ffmpeg import ffmpeg_binary
 from pipeline.ids import subprocess_path
@@ -329,15 +330,6 @@ def write_media(clip: DemoClip, media_dir: Path) -> Path | None:
 # --------------------------------------------------------------------------- CSVs
 
 
-def label_csv_text() -> str:
-    """`class_labels_indices.csv` for the demo classes (indices 0..K-1, real MIDs and names)."""
-    buffer = io.StringIO()
-    buffer.write("index,mid,display_name\n")
-    for index, cls in enumerate(DEMO_CLASSES):
-        buffer.write(f'{index},{cls.mid},"{cls.name}"\n')
-    return buffer.getvalue()
-
-
 def segments_csv_text(clips: list[DemoClip], created: str = "by fat demo-corpus") -> str:
     """A raw segment CSV as Google publishes them: three comment lines, then quoted MID lists."""
     mids = {mid for clip in clips for mid in clip.mids}
@@ -360,12 +352,6 @@ def clips_csv_text(clips: list[DemoClip]) -> str:
     return buffer.getvalue()
 
 
-def read_faults(path: str | Path) -> dict[str, str]:
-    """The broken clips of a `clips.csv` as {ytid: fault}."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        return {row["ytid"]: row["fault"] for row in csv.DictReader(handle) if row["fault"]}
-
-
 # --------------------------------------------------------------------------- the whole corpus
 
 
@@ -383,7 +369,7 @@ def build_corpus(out_dir: str | Path, settings: DemoSettings, workers: int = 2) 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(lambda clip: write_media(clip, media_dir), clips))
     csv_dir = out_dir / "audioset"
-    write_text_atomic(csv_dir / "class_labels_indices.csv", label_csv_text())
+    write_text_atomic(csv_dir / LABEL_CSV_NAME, label_csv_text([c.mid for c in DEMO_CLASSES], [c.name for c in DEMO_CLASSES]))
     for split in (TRAIN_SPLIT, EVAL_SPLIT):
         write_text_atomic(csv_dir / f"{split}_segments.csv", segments_csv_text([c for c in clips if c.split == split]))
     write_text_atomic(out_dir / "clips.csv", clips_csv_text(clips))

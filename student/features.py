@@ -25,9 +25,6 @@ NORM_STATS: dict[str, tuple[float, float]] = {
     "speechcommands": (-6.845978, 5.5654526),
 }
 
-# Frames per clip in AST's recipes.
-TARGET_FRAMES: dict[str, int] = {"audioset": 1024, "esc50": 512, "speechcommands": 128}
-
 
 def frames_for(num_samples: int) -> int:
     """Frames Kaldi framing (snip_edges) gives for a 16 kHz clip: 998 for 10 s."""

@@ -89,10 +89,6 @@ def set_tome_r(model: nn.Module, r: RSpec, prop_attn: bool | None = None) -> lis
     return values
 
 
-def get_tome_r(model: nn.Module) -> list[int]:
-    return list(getattr(model, "tome_r", [0] * len(_blocks(model))))
-
-
 def tokens_per_layer(model_or_tokens: nn.Module | int, r: RSpec, num_layers: int | None = None,
                      protected: int = 2) -> list[int]:
     """Tokens left after each block for a given r (the cap: at most half the unprotected tokens per block)."""

@@ -2,15 +2,15 @@
 released checkpoints. Pure torch; never imports `pipeline`.
 
     from teacher import load_teacher
-    tagger = load_teacher("mn10_as")          # fetched into $FAT_CACHE/teachers on first use
-    logits = tagger(waveform_32k)             # (B, samples) → (B, 527) raw logits
+    teacher = load_teacher("mn10_as")         # fetched into $FAT_CACHE/teachers on first use
+    logits = teacher(waveform_32k)            # (B, samples) → (B, 527) raw logits
 """
 
 from teacher.errors import CheckpointUnavailable, TeacherError
 from teacher.frontend import FrontEndConfig, MelFrontEnd, mel_filterbank
 from teacher.model import MNConfig, MobileNetAudio, create_mn
 from teacher.registry import ENSEMBLES, RELEASED, ReleasedTeacher, expand_names, released
-from teacher.tagger import RANDOM_INIT_WARNING, Provenance, Teacher, load_teacher
+from teacher.teacher import RANDOM_INIT_WARNING, Provenance, Teacher, load_teacher
 
 __all__ = [
     "CheckpointUnavailable", "TeacherError", "FrontEndConfig", "MelFrontEnd", "mel_filterbank", "MNConfig",

@@ -219,11 +219,6 @@ class MobileNetAudio(nn.Module):
     def forward(self, mel: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(mel))
 
-    def forward_with_embedding(self, mel: Tensor) -> tuple[Tensor, Tensor]:
-        """Logits and the pooled last feature map (B, num_features), e.g. for feature distillation."""
-        fmap = self.forward_features(mel)
-        return self.forward_head(fmap), fmap.mean(dim=(2, 3))
-
 
 def create_mn(width: float = 1.0, num_classes: int = 527, strides: Sequence[int] = (2, 2, 2, 2),
               head: str = "mlp", **kwargs) -> MobileNetAudio:

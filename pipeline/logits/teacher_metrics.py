@@ -16,7 +16,7 @@ from pipeline.store import LogitsStore
 
 
 def teacher_metrics(settings: LogitsSettings, clips: ClipList, members: Sequence[Any]) -> dict[str, Any]:
-    """The teacher's own mAP / mAUC / d' on the clips (read with their label set), per datafile and over all (JSON, atomic)."""
+    """The teacher's own mAP / mAUC / d' on the clips, per datafile and over all (JSON, atomic)."""
     store = LogitsStore(settings.out, allow_incomplete=True)
     result: dict[str, Any] = {
         "teacher": store.attrs["teacher"], "random_init": bool(store.attrs["random_init"]),
