@@ -20,11 +20,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.datafile import LABEL_CSV_NAME, load_label_csv
 from pipeline.errors import FatError
+from pipeline.ffmpeg import cache_dir
 
 log = logging.getLogger(__name__)
 
-LABEL_CSV = "class_labels_indices.csv"
 LABEL_SEARCH = (Path("data/datafiles"), Path("data/metadata"))  # relative to the working folder
 
 
@@ -129,11 +130,8 @@ class ClassNames:
     @classmethod
     def find(cls, explicit: Path | None, num_classes: int) -> ClassNames:
         """Names from --labels, else a label CSV of the right size in the usual places, else numbers."""
-        from pipeline.datafile import load_label_csv
-        from pipeline.ffmpeg import cache_dir
-
-        candidates = [explicit] if explicit else [folder / LABEL_CSV for folder in LABEL_SEARCH] + [
-            cache_dir() / LABEL_CSV]
+        candidates = [explicit] if explicit else [folder / LABEL_CSV_NAME for folder in LABEL_SEARCH] + [
+            cache_dir() / LABEL_CSV_NAME]
         for path in candidates:
             if path is None or not path.is_file():
                 if explicit:

@@ -179,3 +179,32 @@ def test_several_datafiles_train_as_one_list_and_a_shared_id_is_named(task, clip
     assert str(first) in joined.source and str(nested) in joined.source
     with pytest.raises(FatError, match=f"clip {entries[0]['id']} is listed in both .*first.json and .*train.json"):
         load_clips([first, task.train], label_set)
+
+
+# --------------------------------------------------------------------------- one home
+
+
+def test_the_label_csv_has_one_reader_and_its_name_one_constant() -> None:
+    """The label CSV is read by `pipeline.datafile.labels` only, and its file name is spelled there
+    only (`LABEL_CSV_NAME`): a second reader or a second spelling is how its checks and its sha256
+    provenance drifted apart before. A module that parses CSV rows and names the `display_name`
+    column is a label-CSV reader."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    home = root / "pipeline" / "datafile" / "labels.py"
+    spelled, readers = [], []
+    for package in ("pipeline", "teacher", "student"):
+        for path in sorted((root / package).rglob("*.py")):
+            if path == home:
+                continue
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            constants = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)}
+            parses_csv = any(isinstance(node, ast.Attribute) and node.attr in ("reader", "DictReader")
+                             and isinstance(node.value, ast.Name) and node.value.id == "csv" for node in ast.walk(tree))
+            if "class_labels_indices.csv" in constants:
+                spelled.append(str(path.relative_to(root)))
+            if parses_csv and "display_name" in constants:
+                readers.append(str(path.relative_to(root)))
+    assert not spelled, f"use pipeline.datafile.LABEL_CSV_NAME (or label_csv_beside) instead of the literal in {spelled}"
+    assert not readers, f"read label CSVs with pipeline.datafile.load_label_csv, not in {readers}"

@@ -129,9 +129,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig these options describe."""
+    from pipeline.datafile import label_csv_beside
     from pipeline.training import TrainConfig
 
-    labels = args.labels if args.labels is not None else args.train[0].parent / "class_labels_indices.csv"
+    labels = args.labels if args.labels is not None else label_csv_beside(args.train[0])
     tome_r = args.tome_r[0] if len(args.tome_r) == 1 else ",".join(args.tome_r)
     return TrainConfig(
         train=args.train, valid=args.valid, labels=labels, out=args.out, teacher=args.teacher,

@@ -87,6 +87,7 @@ def signal_thresholds(args: argparse.Namespace) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from pipeline.datafile import LABEL_CSV_NAME, label_csv_beside
     from pipeline.errors import FatError
     from pipeline.ids import check_split_name
     from pipeline.validate import Thresholds, ValidateSettings, run_validate, source_from_datafile, source_from_metadata
@@ -94,13 +95,13 @@ def run(args: argparse.Namespace) -> int:
     check_split_name(args.split)  # before it names a file to read (--split ../x read <metadata-dir>/../x.csv)
     if args.datafile is not None:
         source = source_from_datafile(args.datafile, args.window_seconds)
-        labels = args.labels or args.datafile.parent / "class_labels_indices.csv"
+        labels = args.labels or label_csv_beside(args.datafile)
     else:
         if args.window_seconds is not None:
             raise FatError("--window-seconds applies to --datafile input (metadata CSVs carry each clip's window)")
         csv_path = args.metadata_dir / f"{args.split}.csv"
         source = source_from_metadata(csv_path, args.audio_dir / args.split)
-        labels = args.labels or args.metadata_dir / "class_labels_indices.csv"
+        labels = args.labels or args.metadata_dir / LABEL_CSV_NAME
     thresholds = Thresholds(
         sample_rate=args.sample_rate, channels=args.channels, length_tolerance=args.length_tolerance,
         min_seconds=args.min_seconds, max_seconds=args.max_seconds, **signal_thresholds(args),
