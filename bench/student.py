@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from pipeline import runtime
 from student import create_ast
 from student.benchmark import Row, sweep, table
 
@@ -63,9 +64,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    runtime.set_threads(args.threads or 0)
+    device = runtime.choose_device(args.device)
     torch.manual_seed(0)
     model = create_ast(args.size, input_tdim=args.frames).to(device).eval()
     print(f"# AST {args.size}, T = {args.frames} ({model.num_tokens} tokens), {device}, "
@@ -76,7 +76,8 @@ def main() -> None:
         rs = (args.bf16_r if low and args.bf16_r else args.r)
         rounds = (args.bf16_rounds if low and args.bf16_rounds else args.rounds)
         start = time.perf_counter()
-        rows = sweep(model, rs, batch=batch, rounds=rounds, warmup=args.warmup, dtype=dtype)
+        autocast = runtime.choose_precision(dtype, device).autocast
+        rows = sweep(model, rs, batch=batch, rounds=rounds, warmup=args.warmup, autocast=autocast)
         print(f"\n## {dtype}, batch {batch}, {rounds} timed rounds + {args.warmup} warm-up "
               f"({time.perf_counter() - start:.0f} s)\n")
         print(table(rows))

@@ -71,13 +71,13 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
-    from pipeline.logits import LogitsSettings, run_logits
-    from pipeline.logits.compute import autocast_for
-    from pipeline.training.distributed import choose_device
+    from pipeline import runtime
+    from pipeline.logits.run import run_logits
+    from pipeline.logits.settings import LogitsSettings
     from teacher import load_teacher
 
-    device = choose_device(args.device, 0)
-    amp = device.type == "cuda"
+    device = runtime.choose_device(args.device)
+    precision = runtime.choose_precision("auto", device)  # what `fat logits` runs in by default
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="fat-bench-teacher-"))
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -90,14 +90,14 @@ def main() -> None:
     batches = [0.3 * torch.randn(args.batch_size, samples, generator=generator).to(device) for _ in range(4)]
 
     def rates() -> tuple[float, float]:
-        with autocast_for(device, amp):
+        with precision.autocast():
             return (model_rate(tagger, batches, args.clips // 2, with_frontend=False),
                     model_rate(tagger, batches, args.clips // 2, with_frontend=True))
 
     model_before, front_before = rates()
     out = work / "bench.h5"
     out.unlink(missing_ok=True)
-    settings = LogitsSettings(datafiles=[datafile], out=out, teachers=[args.teacher], random_init=True,
+    settings = LogitsSettings(datafile=[datafile], out=out, teacher=[args.teacher], random_init=True,
                               batch_size=args.batch_size, workers=args.workers, clip_seconds=args.seconds,
                               device=args.device, progress_every=1e9)
     stage_start = time.perf_counter()
@@ -110,7 +110,7 @@ def main() -> None:
     compute_rate = args.clips / outcome.compute_seconds
     stage_rate = args.clips / stage_wall
     print(f"\nmachine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch threads, "
-          f"device {device}{' (AMP fp16)' if amp else ' (fp32)'}, torch {torch.__version__}")
+          f"device {device} ({precision.name}), torch {torch.__version__}")
     print(f"teacher {args.teacher}, batch {args.batch_size}, {args.workers} workers, {args.clips} clips of {args.seconds:g} s\n")
     print("| measurement | clips/s | vs model only |")
     print("|---|---:|---:|")

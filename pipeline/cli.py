@@ -1,8 +1,9 @@
 """The `fat` command: one subcommand per pipeline stage.
 
 Each stage lives in `pipeline.commands.<name>` and exposes `add_parser(subparsers)`, which
-registers its sub-parser with `func=run`. Heavy imports (torch, yt-dlp) happen inside `run`
-so that `fat --help` stays fast.
+registers its sub-parser with `func=run`; its options come from the stage's settings dataclass
+(pipeline.settings). Heavy imports (torch, yt-dlp) happen inside `run` so that `fat --help`
+stays fast.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from pipeline import __version__
 from pipeline.dvcargs import normalise_argv
 from pipeline.errors import FatError
+from pipeline.settings import add_options
 
 # Stage order = pipeline order; `fat --help` lists them in this order.
 COMMANDS: tuple[str, ...] = (
@@ -54,6 +56,16 @@ class Parser(argparse.ArgumentParser):
     that came from params.yaml through dvc.yaml scrolled out of sight behind it.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}  # command word → its parser
+
+    def add_subparsers(self, **kwargs: Any) -> argparse._SubParsersAction:
+        """argparse's, and `commands` becomes its map of command word → sub-parser (filled as commands are added)."""
+        action = super().add_subparsers(**kwargs)
+        self.commands = action.choices
+        return action
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
@@ -67,10 +79,7 @@ class Parser(argparse.ArgumentParser):
 
     def command_parser(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
         """The sub-parser of the command `parsed` names (this parser when it names none)."""
-        for action in self._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                return action.choices.get(getattr(parsed, action.dest, None), self)
-        return self
+        return self.commands.get(getattr(parsed, "command", None), self)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,9 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_command(subparsers: argparse._SubParsersAction, name: str, summary: str, description: str | None = None) -> argparse.ArgumentParser:
-    """Register one stage's sub-parser with the shared formatter."""
-    return subparsers.add_parser(name, help=summary, description=description or summary, formatter_class=HelpFormatter)
+def add_command(subparsers: argparse._SubParsersAction, name: str, summary: str, description: str | None = None,
+                settings: type | None = None) -> argparse.ArgumentParser:
+    """Register one stage's sub-parser with the shared formatter; `settings`: the dataclass its options come from."""
+    parser = subparsers.add_parser(name, help=summary, description=description or summary, formatter_class=HelpFormatter)
+    if settings is not None:
+        add_options(parser, settings)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

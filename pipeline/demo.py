@@ -42,6 +42,7 @@ from pipeline.datafile import LABEL_CSV_NAME, label_csv_text
 from pipeline.errors import FatError
 from pipeline.ffmpeg import ffmpeg_binary
 from pipeline.ids import subprocess_path
+from pipeline.settings import option
 
 log = logging.getLogger(__name__)
 
@@ -199,16 +200,20 @@ class DemoClip:
         return [DEMO_CLASSES[c].mid for c in self.classes]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DemoSettings:
     """What `fat demo-corpus` makes (params.yaml's demo section sets a smaller corpus: 200 + 60 clips)."""
 
-    train_clips: int = 320
-    eval_clips: int = 100
-    window_seconds: float = 2.0
-    broken_fraction: float = 0.08
-    max_labels: int = 3
-    seed: int = 0
+    out_dir: Path = option(Path("data/demo"), "folder to write the corpus into")
+    train_clips: int = option(320, "clips in balanced_train", unit="count")
+    eval_clips: int = option(100, "clips in eval", unit="count")
+    window_seconds: float = option(2.0, "length of each clip's labelled window (AudioSet: 10)", unit="s")
+    broken_fraction: float = option(0.08, "fraction of each split broken on purpose (0..0.5)")
+    max_labels: int = option(3, "most sounds mixed into one clip", unit="count")
+    seed: int = option(0, "random seed; the corpus is byte-identical per seed")
+    workers: int = option(2, "parallel ffmpeg encoders", unit="processes")
+    skip: bool = option(False, "make no corpus, only <out-dir>/README.md saying so (the real-AudioSet presets set "
+                               "this, so one dvc.yaml serves both)")
 
     def check(self) -> None:
         if self.train_clips < 1 or self.eval_clips < 1:

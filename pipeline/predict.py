@@ -16,13 +16,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from pipeline.datafile import LABEL_CSV_NAME, load_label_csv
 from pipeline.errors import FatError
 from pipeline.ffmpeg import cache_dir
+
+if TYPE_CHECKING:  # torch stays out of `fat predict --help`; the taggers import it when built
+    import torch
+
+    from pipeline.runtime import Precision
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +56,11 @@ class TeacherTagger:
     multi_label = True
 
     def __init__(self, names: Sequence[str], checkpoints: Sequence[Path], random_init: bool, num_classes: int | None,
-                 device: Any, amp: bool | None) -> None:
+                 device: torch.device, precision: Precision) -> None:
         from pipeline.logits.teachers import load_teachers
 
         self.members = [m.to(device) for m in load_teachers(names, checkpoints, random_init, num_classes)]
-        self.device, self.amp = device, amp
+        self.device, self.precision = device, precision
         self.name = "+".join(m.provenance.name for m in self.members)
         self.sample_rate = self.members[0].sample_rate
         self.window_seconds = 10.0
@@ -67,7 +72,7 @@ class TeacherTagger:
         from pipeline.logits.compute import ensemble_logits
 
         waves = torch.from_numpy(windows).to(self.device)
-        return ensemble_logits(self.members, waves, self.device, self.amp).cpu().numpy()
+        return ensemble_logits(self.members, waves, self.precision).cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
         provs = [m.provenance.to_dict() for m in self.members]
@@ -78,11 +83,11 @@ class TeacherTagger:
 class StudentTagger:
     """A `fat train` student: 16 kHz Kaldi fbank of the trained frame count, AST forward."""
 
-    def __init__(self, path: Path, device: Any, amp: bool | None) -> None:
+    def __init__(self, path: Path, device: torch.device, precision: Precision) -> None:
         from pipeline.checkpoint import load_student
 
         self.model, self.config = load_student(path, map_location=device)
-        self.path, self.device, self.amp = path, device, amp
+        self.path, self.device, self.precision = path, device, precision
         self.name = f"student:{path.name}"
         self.sample_rate = 16000
         self.frames = int(self.config.get("target_frames", self.config["input_tdim"]))
@@ -94,13 +99,12 @@ class StudentTagger:
     def logits(self, windows: np.ndarray) -> np.ndarray:
         import torch
 
-        from pipeline.logits.compute import autocast_for
         from student.features import kaldi_fbank, normalize
 
         bins = int(self.config.get("num_mel_bins", self.config.get("input_fdim", 128)))
         fbanks = torch.stack([normalize(kaldi_fbank(torch.from_numpy(w), self.frames, bins), self.mean, self.std)
                               for w in windows]).to(self.device)
-        with torch.inference_mode(), autocast_for(self.device, self.amp):
+        with torch.inference_mode(), self.precision.autocast():
             return self.model(fbanks).float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
@@ -109,16 +113,17 @@ class StudentTagger:
 
 
 def load_tagger(model: str, checkpoints: Sequence[Path], random_init: bool, num_classes: int | None,
-                device: Any, amp: bool | None) -> Tagger:
+                device: torch.device, precision: Precision) -> Tagger:
+    """`device` and `precision` (pipeline.runtime.Precision) are where and how the model runs."""
     """`teacher:NAME[,NAME...]`, a bare teacher name, or `student:PATH`."""
     kind, _, value = model.partition(":") if ":" in model else ("teacher", "", model)
     if kind == "student":
         if random_init or checkpoints:
             raise FatError("--random-init and --checkpoint apply to teachers; a student is its checkpoint")
-        return StudentTagger(Path(value), device, amp)
+        return StudentTagger(Path(value), device, precision)
     if kind != "teacher" or not value:
         raise FatError(f"--model must be teacher:NAME or student:PATH, got {model!r}")
-    return TeacherTagger(value.split(","), checkpoints, random_init, num_classes, device, amp)
+    return TeacherTagger(value.split(","), checkpoints, random_init, num_classes, device, precision)
 
 
 @dataclass(frozen=True)

@@ -12,19 +12,64 @@ import logging
 import os
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.datafile import LABEL_CSV_NAME, DatafileEntry, wav_reference, write_datafile, write_label_csv
 from pipeline.errors import FatError
+from pipeline.settings import nested, option
+from pipeline.validate.checks import SignalChecks, Thresholds
 
 log = logging.getLogger(__name__)
 
+KINDS = ("speechcommands", "folder")
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 SPEECH_COMMANDS_NOISE = "_background_noise_"
 SPEECH_COMMANDS_LISTS = {"valid": "validation_list.txt", "test": "testing_list.txt"}
 SPEECH_COMMANDS_WORDS = 35  # v0.02 (v0.01 has 30)
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aif", ".aiff"})
+
+
+CHECKS = "checks (the same as fat validate)"
+
+
+@dataclass(kw_only=True)
+class PrepareSettings:
+    """The `fat prepare` options (params.yaml `prepare:` keys)."""
+
+    kind: str = option(help="dataset layout", choices=KINDS, positional=True)
+    root: Path = option(help="the dataset's folder")
+    name: str | None = option(None, "prefix of the output files (default: speechcommands, or the folder's name)")
+    out_dir: Path = option(Path("data/prepared"), "folder for the full listings and their label CSV")
+    absolute_paths: bool = option(False, "write absolute wav paths (default: relative to the datafile's folder)")
+    valid_fraction: float = option(0.1, "folder: share of clips in valid (0..1)")
+    test_fraction: float = option(0.1, "folder: share of clips in test (0..1)")
+    seed: int = option(0, "folder: seed of the split hash")
+    validate: bool = option(True, "check every clip and write the datafiles of those that pass", group=CHECKS)
+    datafile_dir: Path = option(Path("data/datafiles"), "folder for the checked datafiles and their label CSV",
+                                group=CHECKS)
+    report_dir: Path = option(Path("data/reports"), "folder for reports and summaries", group=CHECKS)
+    workers: int = option(default_factory=lambda: os.cpu_count() or 1, help="worker processes (1 = in this process)",
+                          minimum=1, group=CHECKS)
+    progress: bool | None = option(None, "show a progress bar (default: when stderr is a terminal)", group=CHECKS)
+    sample_rate: int | None = option(
+        None, "required sample rate, Hz (default: 16000 for speechcommands, any rate for folder)", group=CHECKS)
+    channels: int = option(1, "required channel count", group=CHECKS)
+    min_seconds: float = option(0.0, "minimum length", unit="s", group=CHECKS)
+    max_seconds: float | None = option(
+        None, "maximum length, seconds (default: 1 for speechcommands, 10 for folder)", group=CHECKS)
+    length_tolerance: float = option(0.05, "allowed excess over --max-seconds", unit="s", group=CHECKS)
+    signal: SignalChecks = nested(SignalChecks)
+
+    def thresholds(self) -> Thresholds:
+        """The checks of `fat validate`, with this kind's defaults where an option is left unset."""
+        speech = self.kind == "speechcommands"
+        return Thresholds(
+            sample_rate=self.sample_rate if self.sample_rate is not None else (16000 if speech else None),
+            channels=self.channels, length_tolerance=self.length_tolerance, min_seconds=self.min_seconds,
+            max_seconds=self.max_seconds if self.max_seconds is not None else (1.0 if speech else 10.0),
+            **asdict(self.signal),
+        )
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,9 +19,6 @@ import torch
 from student.ast import ASTModel
 from student.flops import analytic_gflops
 from student.tome import RSpec, format_r_spec, set_tome_r, tokens_per_layer
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 @dataclass
 class Row:
@@ -46,14 +43,15 @@ def _synchronize(device: torch.device) -> None:
 
 
 def sweep(model: ASTModel, rs: list[RSpec], batch: int = 8, rounds: int = 3, warmup: int = 1,
-          dtype: str = "fp32", include_timm: bool = True, seed: int = 0,
+          autocast: Callable[[], AbstractContextManager] = nullcontext, include_timm: bool = True, seed: int = 0,
           progress: Callable[[str], None] | None = None) -> list[Row]:
-    """Time `model` at every r in `rs` (and timm's plain forward) on random fbank batches."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    """Time `model` at every r in `rs` (and timm's plain forward) on random fbank batches.
+
+    `autocast` makes the precision context the forwards run in (the caller's precision policy, e.g.
+    pipeline.runtime.Precision.autocast); the default is plain fp32.
+    """
     device = next(model.parameters()).device
     x = torch.randn(batch, model.input_tdim, model.input_fdim, generator=torch.Generator().manual_seed(seed)).to(device)
-    autocast = (torch.autocast(device.type, dtype=DTYPES[dtype]) if dtype != "fp32" else nullcontext())
     saved = (list(model.tome_r), model.training)
     model.eval()
 
@@ -62,7 +60,7 @@ def sweep(model: ASTModel, rs: list[RSpec], batch: int = 8, rounds: int = 3, war
     times: dict[str, list[float]] = {name: [] for name, _ in settings}
     cpu_times: dict[str, list[float]] = {name: [] for name, _ in settings}
     try:
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast():
             for round_index in range(warmup + rounds):
                 shift = round_index % len(settings)  # rotate the order: no setting always runs first
                 for name, r in settings[shift:] + settings[:shift]:

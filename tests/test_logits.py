@@ -69,7 +69,7 @@ def make_corpus(root: Path, splits: dict[str, int], seconds: float = 0.5, seed: 
 
 def logits_args(datafiles, out: Path, *extra: str, teacher: str = "mn01_as") -> list[str]:
     return ["logits", "--datafile", *map(str, datafiles), "--teacher", teacher, "--random-init", "--out", str(out),
-            "--batch-size", "3", "--workers", "1", "--clip-seconds", "0.5", "--dtype", "float32", *extra]
+            "--batch-size", "3", "--workers", "1", "--clip-seconds", "0.5", "--store-dtype", "float32", *extra]
 
 
 def read_store(path: Path, allow_incomplete: bool = False) -> tuple[list[str], np.ndarray, dict]:
@@ -143,7 +143,7 @@ def test_new_clips_are_added_to_an_existing_store(corpus, reference, tmp_path, c
 
 def test_float16_storage_and_bfloat16_autocast_on_cpu(corpus, reference, tmp_path):
     out = tmp_path / "half.h5"
-    args = logits_args([corpus["eval"]], out, "--amp")
+    args = logits_args([corpus["eval"]], out, "--precision", "bf16")
     args[args.index("float32")] = "float16"
     assert main(args) == 0
     store = LogitsStore(out)
@@ -247,7 +247,7 @@ def test_a_store_of_another_teacher_is_not_overwritten_silently(corpus, referenc
     assert LogitsStore(out).attrs["teacher"] == "mn02_as"
     # the same teacher under autocast is other arithmetic: its rows are not mixed in silently
     before = out.read_bytes()
-    assert main(logits_args([corpus["eval"]], out, "--amp", teacher="mn02_as")) == 2
+    assert main(logits_args([corpus["eval"]], out, "--precision", "bf16", teacher="mn02_as")) == 2
     assert "other settings" in capsys.readouterr().err and out.read_bytes() == before
 
 

@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,21 +25,27 @@ import yaml
 from dvc.parsing.interpolate import to_str
 
 from pipeline.checkpoint import load_student
-from pipeline.cli import build_parser
+from pipeline.cli import Parser, add_command, build_parser
 from pipeline.dvcargs import normalise_argv
+from pipeline.settings import option
+
+
+@dataclass(kw_only=True)
+class _ToySettings:
+    """A stage's settings: its field names are the params keys DVC renders."""
+
+    tome_r: list[str] = option(["0"], "merge rates", nargs="+")
+    out_dir: str = option("out", "output folder")
+    skip_invalid: bool = option(False, "an --x/--no-x switch")
+    cache: bool = option(True, "a lone --no-x flag", flag="--no-cache")
+    sections: bool = option(True, "a switch that is on by default")
+    limit: int | None = option(None, "a value that may be null")
+    ids: list[str] = option([], "values that may start with '-'", nargs="*")
 
 
 def _toy_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fat")
-    sub = parser.add_subparsers(dest="command")
-    stage = sub.add_parser("stage")
-    stage.add_argument("--tome-r", nargs="+", default=["0"])
-    stage.add_argument("--out-dir", default="out")
-    stage.add_argument("--skip-invalid", action="store_true")
-    stage.add_argument("--no-cache", dest="cache", action="store_false")
-    stage.add_argument("--sections", action=argparse.BooleanOptionalAction, default=True)
-    stage.add_argument("--limit", type=int, default=None)
-    stage.add_argument("--ids", nargs="*", default=[])
+    parser = Parser(prog="fat")
+    add_command(parser.add_subparsers(dest="command"), "stage", "a toy stage", settings=_ToySettings)
     return parser
 
 

@@ -79,7 +79,7 @@ def stage_args(case: Case, task: Task, student: Path, out: Path) -> list[str]:
                 "--num-workers", workers, "--out", str(out)]
     if case.stage == "logits":
         return ["logits", "--datafile", str(task.train), "--teacher", "mn01_as", "--random-init", "--batch-size", "1",
-                "--workers", workers, "--clip-seconds", "0.5", "--dtype", "float32", "--threads", "1",
+                "--workers", workers, "--clip-seconds", "0.5", "--store-dtype", "float32", "--threads", "1",
                 "--out", str(out / "teacher.h5")]
     if case.stage == "evaluate":
         return ["evaluate", "--checkpoint", str(student), "--datafile", str(task.valid), "--batch-size", "1",

@@ -44,7 +44,7 @@ def test_bench_student_times_every_r_and_the_plain_model(tmp_path: Path, capsys)
 @pytest.mark.parametrize("argv,message", [
     (["--r", "x"], "cannot read r 'x'"),
     (["--r", "1,1,1,1,1,1,1,1,1,1,1,1,1"], "13 values but the model has 12 blocks"),
-    (["--dtype", "fp16", "--device", "cpu"], "fp16 needs a CUDA device"),
+    (["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA device"),
     (["--batch", "0"], "--batch must be ≥ 1"),
     (["--size", "tiny224", "--frames", "8"], "smaller than one 16×16 patch"),
 ])

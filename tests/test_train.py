@@ -158,7 +158,7 @@ def test_single_label_cross_entropy_with_kd_reports_accuracy(tmp_path):
     out = tmp_path / "ce"
     assert main(["train", "--train", str(task.train), "--valid", str(task.valid), "--teacher", str(store), *TINY,
                  "--out", str(out), "--loss", "ce", "--kd-lambda", "0.5", "--kd-temperature", "2", "--epochs", "1",
-                 "--batch-size", "6", "--no-wa", "--noise", "--time-shift", "5", "--amp", "bf16", "--balanced",
+                 "--batch-size", "6", "--no-wa", "--noise", "--time-shift", "5", "--precision", "bf16", "--balanced",
                  "--target-frames", "32",
                  "--grad-clip", "1.0"]) == 0
     row = read_csv(out / "epochs.csv")[0]
@@ -244,12 +244,13 @@ def dvc_argv(section: dict) -> list[str]:
                                    "norm_mean": -6.845978}),
 ])
 def test_presets_are_valid_fat_train_command_lines(preset, expect):
-    from pipeline.commands.train import config_from_args
     from pipeline.dvcargs import normalise_argv
+    from pipeline.settings import from_args
+    from pipeline.training.config import TrainConfig
 
     section = yaml.safe_load((REPO / "configs" / preset).read_text())["train"]
     parser = build_parser()
     args = parser.parse_args(normalise_argv(parser, dvc_argv(section)))
-    config = config_from_args(args)
+    config = from_args(TrainConfig, args)
     for key, value in expect.items():
         assert getattr(config, key) == value, key

@@ -4,40 +4,60 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.cli import add_command
+from pipeline.settings import (
+    add_options, check_values, device_option, from_args, nested, option, precision_option, threads_option,
+)
 
 log = logging.getLogger(__name__)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+@dataclass(kw_only=True)
+class StudentChoice:
     """Which AST to build: a trained student file, a released AST checkpoint, or random weights."""
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="a fat student file (from fat train) or a released AST .pth checkpoint "
-                             "(default: random weights, fine for speed)")
-    parser.add_argument("--size", default="base384", choices=["tiny224", "small224", "base224", "base384"],
-                        help="model size when --checkpoint is not a fat student file")
-    parser.add_argument("--frames", type=int, default=1024,
-                        help="input frames T (10 ms each) when --checkpoint is not a fat student file")
-    parser.add_argument("--num-classes", type=int, default=527,
-                        help="output classes when --checkpoint is not a fat student file")
-    parser.add_argument("--fstride", type=int, default=10, help="patch stride along frequency, mel bins")
-    parser.add_argument("--tstride", type=int, default=10, help="patch stride along time, frames")
+
+    checkpoint: Path | None = option(
+        None, "a fat student file (from fat train) or a released AST .pth checkpoint (default: random weights, fine "
+              "for speed)")
+    size: str = option("base384", "model size when --checkpoint is not a fat student file",
+                       choices=("tiny224", "small224", "base224", "base384"))
+    frames: int = option(1024, "input frames T when --checkpoint is not a fat student file", unit="10 ms frames")
+    num_classes: int = option(527, "output classes when --checkpoint is not a fat student file")
+    fstride: int = option(10, "patch stride along frequency", unit="mel bins")
+    tstride: int = option(10, "patch stride along time", unit="frames")
 
 
-def build_model(args: argparse.Namespace):
-    """(model, config) from the options of `add_model_arguments`; StudentErrors become FatErrors."""
+@dataclass(kw_only=True)
+class BenchSettings:
+    """The `fat bench student` options."""
+
+    r: list[str] = option(["0", "16", "32"], "merge rates to time (default: 0 16 32)", metavar="R")
+    model: StudentChoice = nested(StudentChoice)
+    batch: int = option(8, "clips per batch", unit="clips", minimum=1)
+    rounds: int = option(3, "timed rounds (one batch per setting per round)", minimum=1)
+    warmup: int = option(1, "untimed rounds first", minimum=0)
+    device: str = device_option()
+    precision: str = precision_option(renamed=("--dtype",))
+    threads: int = threads_option()
+    timm: bool = option(True, "time timm's plain forward too (--no-timm leaves its row out)")
+    json: Path | None = option(None, "also write the rows to this JSON file (default: none)")
+
+
+def build_model(choice: StudentChoice):  # noqa: ANN201 - (ASTModel, config dict); torch stays out of `fat --help`
+    """(model, config) of a `StudentChoice`; StudentErrors become FatErrors."""
     from pipeline.errors import FatError
     from student import StudentError, create_ast
 
     try:
-        if args.checkpoint is not None and _is_student_file(args.checkpoint):
+        if choice.checkpoint is not None and _is_student_file(choice.checkpoint):
             from pipeline.checkpoint import load_student
 
-            return load_student(args.checkpoint)
-        model = create_ast(args.size, args.num_classes, 128, args.frames, args.fstride, args.tstride,
-                           ast_checkpoint=args.checkpoint)
+            return load_student(choice.checkpoint)
+        model = create_ast(choice.size, choice.num_classes, 128, choice.frames, choice.fstride, choice.tstride,
+                           ast_checkpoint=choice.checkpoint)
         return model.eval(), model.config()
     except StudentError as exc:
         raise FatError(str(exc)) from None
@@ -66,18 +86,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                  formatter_class=parser.formatter_class,
                                  description="Clips/s, analytic GFLOPs and tokens left for each merge rate r. "
                                              "r forms: 16 (every block), 16,16,8 (per block), 16:-1 (decreasing schedule).")
-    student.add_argument("--r", nargs="+", default=["0", "16", "32"], metavar="R",
-                         help="merge rates to time (default: 0 16 32)")
-    add_model_arguments(student)
-    student.add_argument("--batch", type=int, default=8, help="clips per batch")
-    student.add_argument("--rounds", type=int, default=3, help="timed rounds (one batch per setting per round)")
-    student.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    student.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
-                         help="fp32, or autocast to bf16/fp16 (fp16 needs a GPU)")
-    student.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    student.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    student.add_argument("--no-timm", action="store_true", help="leave out the plain timm row")
-    student.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file (default: none)")
+    add_options(student, BenchSettings)
     student.set_defaults(func=run)
 
 
@@ -86,30 +95,24 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from pipeline import runtime
     from pipeline.atomic import write_json_atomic
     from pipeline.errors import FatError
     from student import StudentError
     from student.benchmark import sweep, table
     from student.tome import format_r_spec, parse_r, parse_r_spec
 
-    for name in ("batch", "rounds"):
-        if getattr(args, name) < 1:
-            raise FatError(f"--{name} must be ≥ 1, got {getattr(args, name)}")
-    if args.warmup < 0:
-        raise FatError(f"--warmup must be ≥ 0, got {args.warmup}")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FatError("--device cuda asked for, but torch sees no CUDA device")
-    if args.dtype == "fp16" and device.type != "cuda":
-        raise FatError("--dtype fp16 needs a CUDA device; use bf16 on CPU")
+    settings: BenchSettings = from_args(BenchSettings, args)
+    check_values(settings)
+    runtime.set_threads(settings.threads)
+    device = runtime.choose_device(settings.device)
+    precision = runtime.choose_precision(settings.precision, device)
     try:
-        rs = [parse_r_spec(text) for text in args.r]
+        rs = [parse_r_spec(text) for text in settings.r]
     except StudentError as exc:
         raise FatError(str(exc)) from None
 
-    model, config = build_model(args)
+    model, config = build_model(settings.model)
     model = model.to(device)
     for r in rs:  # refuse bad settings before minutes of timing
         try:
@@ -117,14 +120,14 @@ def run(args: argparse.Namespace) -> int:
         except StudentError as exc:
             raise FatError(f"--r {r}: {exc}") from None
     log.info("AST %s, %d×%d input (%d tokens), batch %d, %s on %s, %d threads", config["size"],
-             model.input_tdim, model.input_fdim, model.num_tokens, args.batch, args.dtype, device,
+             model.input_tdim, model.input_fdim, model.num_tokens, settings.batch, precision.name, device,
              torch.get_num_threads())
-    rows = sweep(model, rs, batch=args.batch, rounds=args.rounds, warmup=args.warmup, dtype=args.dtype,
-                 include_timm=not args.no_timm, progress=log.info)
+    rows = sweep(model, rs, batch=settings.batch, rounds=settings.rounds, warmup=settings.warmup,
+                 autocast=precision.autocast, include_timm=settings.timm, progress=log.info)
     print(table(rows, reference="r=0" if 0 in rs else rows[0].name))
-    if args.json is not None:
-        write_json_atomic(args.json, {
-            "model": config, "batch": args.batch, "dtype": args.dtype, "device": str(device),
+    if settings.json is not None:
+        write_json_atomic(settings.json, {
+            "model": config, "batch": settings.batch, "precision": precision.name, "device": str(device),
             "threads": torch.get_num_threads(), "machine": platform.machine(), "torch": torch.__version__,
             "rows": [{"setting": row.name, "r": None if row.r is None else format_r_spec(row.r),
                       "seconds_per_batch": row.seconds, "cpu_seconds_per_batch": row.cpu_seconds,
@@ -132,4 +135,3 @@ def run(args: argparse.Namespace) -> int:
                      for row in rows],
         })
     return 0
-

@@ -3,9 +3,45 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.cli import add_command
+from pipeline.settings import check_values, device_option, from_args, option, precision_option, threads_option
+
+
+@dataclass(kw_only=True)
+class EvaluateSettings:
+    """The `fat evaluate` options (params.yaml `evaluate:` keys)."""
+
+    checkpoint: Path = option(help="trained student file (from `fat train`)")
+    datafile: Path = option(help="eval datafile (AST JSON)")
+    labels: Path | None = option(
+        None, "label CSV (index,mid,display_name); default: class_labels_indices.csv beside the datafile")
+    teacher_logits: Path | None = option(
+        None, "teacher logits store (HDF5) for the reference row; default: no teacher row")
+    allow_incomplete_teacher: bool = option(
+        False, "accept a teacher store whose writing did not finish (default: refuse it)")
+    r: list[str] = option(["0", "4", "8", "16"],
+                          "merge rates to evaluate: 16, 16,16,8 (per layer) or 16:-1 (r:inflection schedule)",
+                          metavar="R")
+    compare: list[Path] = option([], "other student files evaluated at r=0 on the same chart (default: none)",
+                                 metavar="CHECKPOINT")
+    metric: str = option(
+        "auto", "main metric: auto = the one the student was trained with (fat train --metric), else accuracy for a "
+                "single-label (cross-entropy) student and mAP otherwise; mAP, mean AUC and d' are always reported",
+        choices=("auto", "map", "accuracy"))
+    batch_size: int = option(32, "clips per batch for scoring and timing", unit="clips", minimum=1)
+    warmup_batches: int = option(2, "untimed batches before timing", unit="count", minimum=0)
+    timed_batches: int = option(2, "timed batches per r in each round", unit="count", minimum=1)
+    rounds: int = option(3, "timing rounds; the r settings take turns and each keeps its median round",
+                         unit="count", minimum=1)
+    device: str = device_option()
+    precision: str = precision_option()
+    threads: int = threads_option()
+    workers: int = option(0, "DataLoader worker processes for audio decoding (0: in-process)", minimum=0)
+    limit: int | None = option(None, "evaluate only the first N clips (default: all)", minimum=1, metavar="N")
+    out_dir: Path = option(Path("reports"), "folder for eval.json, eval.md, tradeoff.png")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -24,58 +60,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Example: fat evaluate --checkpoint models/student/student.pt --datafile data/datafiles/eval/eval.json \\\n"
             "           --teacher-logits data/logits/mn10_as.h5 --r 0 8 16"
         ),
+        settings=EvaluateSettings,
     )
-    parser.add_argument("--checkpoint", type=Path, required=True, help="trained student file (from `fat train`)")
-    parser.add_argument("--datafile", type=Path, required=True, help="eval datafile (AST JSON)")
-    parser.add_argument("--labels", type=Path, default=None,
-                        help="label CSV (index,mid,display_name); default: class_labels_indices.csv beside the datafile")
-    parser.add_argument("--teacher-logits", type=Path, default=None,
-                        help="teacher logits store (HDF5) for the reference row; default: no teacher row")
-    parser.add_argument("--allow-incomplete-teacher", action="store_true",
-                        help="accept a teacher store whose writing did not finish (default: refuse it)")
-    parser.add_argument("--r", nargs="+", default=["0", "4", "8", "16"], metavar="R",
-                        help="merge rates to evaluate: 16, 16,16,8 (per layer) or 16:-1 (r:inflection schedule)")
-    parser.add_argument("--compare", nargs="+", type=Path, default=[], metavar="CHECKPOINT",
-                        help="other student files evaluated at r=0 on the same chart (default: none)")
-    parser.add_argument("--metric", choices=("auto", "map", "accuracy"), default="auto",
-                        help="main metric: auto = the one the student was trained with (fat train --metric), else "
-                             "accuracy for a single-label (cross-entropy) student and mAP otherwise; "
-                             "mAP, mean AUC and d' are always reported")
-    parser.add_argument("--batch-size", type=int, default=32, help="clips per batch for scoring and timing")
-    parser.add_argument("--warmup-batches", type=int, default=2, help="untimed batches before timing (count)")
-    parser.add_argument("--timed-batches", type=int, default=2, help="timed batches per r in each round (count)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="timing rounds; the r settings take turns and each keeps its median round (count)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                        help="autocast precision; auto = bf16 on GPUs that support it, else fp16; fp32 on CPU")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for audio decoding (0: in-process)")
-    parser.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N clips (default: all)")
-    parser.add_argument("--out-dir", type=Path, default=Path("reports"), help="folder for eval.json, eval.md, tradeoff.png")
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from pipeline.errors import FatError
-    from pipeline.evaluate import EvalRequest, TimingSettings, resolve_device, resolve_precision, run_evaluation
+def run(namespace: argparse.Namespace) -> int:
+    from pipeline import runtime
+    from pipeline.evaluate import EvalRequest, TimingSettings, run_evaluation
 
-    for name in ("batch_size", "timed_batches", "rounds"):
-        if getattr(args, name) < 1:
-            raise FatError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
-    for name in ("warmup_batches", "threads", "workers"):
-        if getattr(args, name) < 0:
-            raise FatError(f"--{name.replace('_', '-')} must be ≥ 0, got {getattr(args, name)}")
-    if args.limit is not None and args.limit < 1:
-        raise FatError(f"--limit must be ≥ 1, got {args.limit}")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    args = from_args(EvaluateSettings, namespace)
+    check_values(args)
+    runtime.set_threads(args.threads)
+    device = runtime.choose_device(args.device)
     timing = TimingSettings(
         batch_size=args.batch_size, warmup_batches=args.warmup_batches, timed_batches=args.timed_batches, rounds=args.rounds,
-        device=device, precision=resolve_precision(args.precision, device),
+        device=str(device), precision=runtime.choose_precision(args.precision, device).name,
     )
     request = EvalRequest(
         checkpoint=args.checkpoint, datafile=args.datafile, labels=args.labels, teacher_logits=args.teacher_logits,

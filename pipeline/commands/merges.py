@@ -4,51 +4,58 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.cli import add_command
+from pipeline.commands.bench import StudentChoice, build_model
+from pipeline.settings import check_values, from_args, nested, option
 
 log = logging.getLogger(__name__)
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from pipeline.commands.bench import add_model_arguments
+@dataclass(kw_only=True)
+class MergesSettings:
+    """The `fat merges` options."""
 
+    audio: Path = option(help="audio file (any rate: resampled to 16 kHz)", positional=True, metavar="AUDIO")
+    r: str = option("16", "merge rate: 16, per-block 16,16,8 or schedule 16:-1")
+    out: Path = option(Path("merges.png"), "PNG to write")
+    start: float = option(0.0, "where in the file the clip starts", unit="s", minimum=0)
+    norm: str = option("audioset", "published fbank statistics to normalise with, unless the student file has its own",
+                       choices=("audioset", "esc50", "speechcommands"))
+    model: StudentChoice = nested(StudentChoice)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
         subparsers, "merges", "draw the student's token merges over a clip's spectrogram (PNG)",
         description=("Run the AST with token merging on one clip, trace which input patches each final token\n"
                      "holds, and save a picture: the fbank, and the fbank with merged groups coloured.\n"
                      "Example: fat merges clip.wav --checkpoint models/exp/best.pt --r 16 --out merges.png"),
+        settings=MergesSettings,
     )
-    parser.add_argument("audio", type=Path, metavar="AUDIO", help="audio file (any rate: resampled to 16 kHz)")
-    parser.add_argument("--r", default="16", help="merge rate: 16, per-block 16,16,8 or schedule 16:-1")
-    parser.add_argument("--out", type=Path, default=Path("merges.png"), help="PNG to write")
-    parser.add_argument("--start", type=float, default=0.0, help="where in the file the clip starts, seconds")
-    parser.add_argument("--norm", default="audioset", choices=["audioset", "esc50", "speechcommands"],
-                        help="published fbank statistics to normalise with, unless the student file has its own")
-    add_model_arguments(parser)
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(namespace: argparse.Namespace) -> int:
     import torch
 
     from pipeline.atomic import atomic_path
     from pipeline.audio import read_audio
-    from pipeline.commands.bench import build_model
     from pipeline.errors import FatError
     from student import StudentError
     from student.features import NORM_STATS, SAMPLE_RATE, normalize, wave_to_fbank
     from student.tome import parse_r_spec, set_tome_r
     from student.vis import draw_merges
 
+    args = from_args(MergesSettings, namespace)
     if not args.audio.is_file():
         raise FatError(f"{args.audio}: no such audio file")
     if args.out.suffix.lower() != ".png":
         raise FatError(f"--out {args.out}: the picture is written as PNG; name it *.png")
-    if args.start < 0:
-        raise FatError(f"--start must be ≥ 0 seconds, got {args.start}")
-    model, config = build_model(args)
+    check_values(args)
+    model, config = build_model(args.model)
     wave, _ = read_audio(args.audio, SAMPLE_RATE)
     wave = wave[int(args.start * SAMPLE_RATE):]
     mean, std = config.get("norm_mean"), config.get("norm_std")

@@ -4,18 +4,43 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.cli import add_command
+from pipeline.metadata import OFFICIAL_BASE_URL, SPLITS
+from pipeline.settings import check_values, from_args, option
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SPLITS = ("balanced_train", "eval")
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from pipeline.metadata import OFFICIAL_BASE_URL, SPLITS
+@dataclass(kw_only=True)
+class MetadataSettings:
+    splits: list[str] = option(list(DEFAULT_SPLITS), "splits to write (unbalanced_train is 2 M rows: name it explicitly)",
+                               choices=SPLITS)
+    source: Path | None = option(
+        None, "folder holding local copies of the official CSVs (offline use); default: fetch them")
+    raw_dir: Path = option(Path("data/metadata/raw"),
+                           "where fetched official CSVs are kept (a file already there is not fetched again)")
+    base_url: str = option(OFFICIAL_BASE_URL, "where the official CSVs are fetched from")
+    timeout: float = option(60.0, "network timeout per request", unit="s", above=0)
+    out_dir: Path = option(Path("data/metadata"), "folder for the normalised CSVs")
+    limit: int | None = option(None, "keep only the first N clips of each split (default: all)", minimum=1,
+                               metavar="N", exclusive="subset")
+    balanced_subset: int | None = option(
+        None, "keep N clips per split that cover every class as evenly as possible (default: all)", minimum=1,
+        metavar="N", exclusive="subset")
+    seed: int = option(0, "random seed of --balanced-subset")
+    skip_invalid: bool = option(
+        False, "leave bad rows out and list them in <out-dir>/<split>.skipped.csv (default: stop at the first)")
+    allow_empty: bool = option(
+        False, "accept a segments file that yields no clip and write a split of 0 clips (default: such a file is an "
+               "error)")
 
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
         subparsers, "metadata", "read the AudioSet segment CSVs and write data/metadata/<split>.csv",
         description=(
@@ -25,31 +50,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "  <out-dir>/class_labels_indices.csv  (copied byte for byte)\n"
             "Without --source the files are fetched from Google's bucket into --raw-dir (once)."
         ),
+        settings=MetadataSettings,
     )
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(DEFAULT_SPLITS),
-                        help="splits to write (unbalanced_train is 2 M rows: name it explicitly)")
-    parser.add_argument("--source", type=Path, default=None,
-                        help="folder holding local copies of the official CSVs (offline use); default: fetch them")
-    parser.add_argument("--raw-dir", type=Path, default=Path("data/metadata/raw"),
-                        help="where fetched official CSVs are kept (a file already there is not fetched again)")
-    parser.add_argument("--base-url", default=OFFICIAL_BASE_URL, help="where the official CSVs are fetched from")
-    parser.add_argument("--timeout", type=float, default=60.0, help="network timeout per request, seconds")
-    parser.add_argument("--out-dir", type=Path, default=Path("data/metadata"), help="folder for the normalised CSVs")
-    subset = parser.add_mutually_exclusive_group()
-    subset.add_argument("--limit", type=int, default=None, metavar="N",
-                        help="keep only the first N clips of each split (default: all)")
-    subset.add_argument("--balanced-subset", type=int, default=None, metavar="N",
-                        help="keep N clips per split that cover every class as evenly as possible (default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of --balanced-subset")
-    parser.add_argument("--skip-invalid", action="store_true",
-                        help="leave bad rows out and list them in <out-dir>/<split>.skipped.csv (default: stop at the first)")
-    parser.add_argument("--allow-empty", action="store_true",
-                        help="accept a segments file that yields no clip and write a split of 0 clips "
-                             "(default: such a file is an error)")
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(namespace: argparse.Namespace) -> int:
     from pipeline.errors import FatError
     from pipeline.datafile import LABEL_CSV_NAME, load_label_csv
     from pipeline.metadata import (
@@ -57,9 +63,8 @@ def run(args: argparse.Namespace) -> int:
         write_metadata_csv, write_skip_report,
     )
 
-    for name, value in (("--limit", args.limit), ("--balanced-subset", args.balanced_subset)):
-        if value is not None and value < 1:
-            raise FatError(f"{name} must be ≥ 1, got {value}")
+    args = from_args(MetadataSettings, namespace)
+    check_values(args)
     splits = list(dict.fromkeys(args.splits))
 
     def locate(name: str) -> Path:

@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.cli import add_command
+from pipeline.settings import check_values, from_args, option
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class StatsSettings:
+    """The `fat stats` options."""
+
+    datafile: Path = option(help='AST datafile JSON ({"data": [{"wav": ...}]})', positional=True, metavar="DATAFILE")
+    frames: int = option(1024, "frames per clip as the model sees them, zero padding included as AST does; 0 = the "
+                               "clip's own frames, no padding", unit="10 ms frames", minimum=0)
+    limit: int | None = option(None, "use N clips drawn at random with --seed (default: all)", minimum=1, metavar="N")
+    seed: int = option(0, "random seed of --limit")
+    out: Path | None = option(None, "also write the result as JSON here (default: none)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -16,20 +30,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         subparsers, "stats", "compute the fbank mean/std of a datafile's clips (student normalisation)",
         description=("Compute the student's fbank (16 kHz Kaldi, 128 bins, padded/cut to --frames) for the clips\n"
                      "of an AST datafile and print their mean and std: the constants of\n"
-                     "normalize(x) = (x - mean) / (2 std). AST's published AudioSet values are -4.2677393 / 4.5689974."),
+                     "normalize(x) = (x - mean) / (2 std). AST's published values: student.features.NORM_STATS."),
+        settings=StatsSettings,
     )
-    parser.add_argument("datafile", type=Path, metavar="DATAFILE", help="AST datafile JSON ({\"data\": [{\"wav\": ...}]})")
-    parser.add_argument("--frames", type=int, default=1024,
-                        help="frames per clip (10 ms each) as the model sees them, zero padding included as AST "
-                             "does; 0 = the clip's own frames, no padding")
-    parser.add_argument("--limit", type=int, default=None, metavar="N",
-                        help="use N clips drawn at random with --seed (default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of --limit")
-    parser.add_argument("--out", type=Path, default=None, help="also write the result as JSON here (default: none)")
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(namespace: argparse.Namespace) -> int:
     import json
 
     from pipeline.atomic import write_json_atomic
@@ -37,10 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.errors import FatError
     from pipeline.stats import fbank_stats
 
-    if args.frames < 0:
-        raise FatError(f"--frames must be ≥ 0, got {args.frames}")
-    if args.limit is not None and args.limit < 1:
-        raise FatError(f"--limit must be ≥ 1, got {args.limit}")
+    args = from_args(StatsSettings, namespace)
+    check_values(args)
     datafile = load_datafile(args.datafile)
     if len(datafile) == 0:
         raise FatError(f"{args.datafile}: no clips")

@@ -37,6 +37,7 @@ from pipeline.download.failures import (
 )
 from pipeline.ffmpeg import ffmpeg_binary
 from pipeline.ids import check_ytid, subprocess_path
+from pipeline.settings import option
 
 SECTION_PROTOCOLS = frozenset({"http", "https"})
 
@@ -53,17 +54,20 @@ class ClipTask:
 
 @dataclass(frozen=True)
 class FetchOptions:
-    """Settings shared by every clip of a run (picklable: sent once to each worker)."""
+    """Settings shared by every clip of a run (picklable: sent once to each worker). The fields with an
+    `option` are `fat download` options; the command fills in the others (and makes --cookies absolute)."""
 
-    socket_timeout: float = 20.0
-    http_retries: int = 2
-    length_tolerance: float = 0.02
-    sections: bool = True
+    socket_timeout: float = option(20.0, "network inactivity timeout", unit="s", above=0)
+    http_retries: int = option(2, "yt-dlp's own retries of a failed request", minimum=0)
+    length_tolerance: float = option(0.02, "allowed difference between the WAV's length and the window", unit="s",
+                                     minimum=0)
+    sections: bool = option(True, "read only the window from http(s) sources; --no-sections fetches whole files")
     audio_format: str = "bestaudio/best"
-    cookies: str | None = None
-    proxy: str | None = None
+    cookies: str | None = option(None, "Netscape cookies.txt for yt-dlp (default: none)")
+    proxy: str | None = option(None, "proxy URL for yt-dlp and ffmpeg (default: none)")
     js_runtimes: tuple[str, ...] = ()
-    remote_components: tuple[str, ...] = ()
+    remote_components: tuple[str, ...] = option(
+        (), "yt-dlp remote components it may fetch, e.g. ejs:github (default: none)", nargs="*", metavar="NAME")
     ffmpeg: str = ""  # the runner's choice, absolute; empty: pipeline.ffmpeg.ffmpeg_binary() in the worker
 
 

@@ -29,6 +29,7 @@ from pipeline.download.clip import ClipResult, ClipTask, FetchOptions, temp_dir_
 from pipeline.download.environment import clip_url
 from pipeline.download.failures import FAILED, OK, RATE_LIMITED, STATUSES, UNAVAILABLE
 from pipeline.download.pool import KillablePool, wait_for_orphans
+from pipeline.download.settings import DownloadSettings
 from pipeline.download.status import StatusRow, StatusStore, now_iso
 from pipeline.errors import FatError
 
@@ -47,40 +48,13 @@ class Clip:
 
 @dataclass
 class DownloadConfig:
-    split: str
+    """One run: its settings, the clips they select, and what the command resolved from them."""
+
+    settings: DownloadSettings
     clips: list[Clip]
-    out_dir: Path
-    manifest_dir: Path
-    url_template: str
-    fetch: FetchOptions
-    sample_rate: int = 32000
-    workers: int = 4
-    shard: tuple[int, int] | None = None
-    clip_timeout: float = 180.0
-    max_retries: int = 5
-    backoff_base: float = 5.0
-    max_backoff: float = 600.0
-    sleep_between: float = 0.0
-    retry_unavailable: bool = False
-    progress: bool | None = None
+    url_template: str  # --url-template, or YouTube's
+    fetch: FetchOptions  # settings.fetch completed (JS runtimes, ffmpeg, absolute cookies path)
     orphan_wait: float = 10.0
-
-    @property
-    def stem(self) -> str:
-        shard = f".shard-{self.shard[0]}-of-{self.shard[1]}" if self.shard else ""
-        return f"{self.split}{shard}.download"
-
-    @property
-    def store_path(self) -> Path:
-        return self.manifest_dir / f"{self.stem}.sqlite"
-
-    @property
-    def summary_path(self) -> Path:
-        return self.manifest_dir / f"{self.stem}.json"
-
-    @property
-    def table_path(self) -> Path:
-        return self.manifest_dir / f"{self.stem}.csv"
 
 
 @dataclass
@@ -108,16 +82,16 @@ def select_shard(clips: list[Clip], shard: tuple[int, int] | None) -> list[Clip]
 
 def run_download(config: DownloadConfig) -> tuple[int, dict]:
     """Download every clip of `config`; return (exit code, summary)."""
-    config.out_dir.mkdir(parents=True, exist_ok=True)
-    config.manifest_dir.mkdir(parents=True, exist_ok=True)
-    run_lock = _exclusive_lock(config.manifest_dir / f".{config.stem}.run.lock", config.store_path)
-    workers_lock = config.manifest_dir / f".{config.stem}.workers.lock"
+    config.settings.audio_dir.mkdir(parents=True, exist_ok=True)
+    config.settings.manifest_dir.mkdir(parents=True, exist_ok=True)
+    run_lock = _exclusive_lock(config.settings.manifest_dir / f".{config.settings.stem}.run.lock", config.settings.store_path)
+    workers_lock = config.settings.manifest_dir / f".{config.settings.stem}.workers.lock"
     try:
         if not wait_for_orphans(workers_lock, config.orphan_wait):
-            raise FatError(f"workers of an earlier run on {config.store_path} are still alive after "
+            raise FatError(f"workers of an earlier run on {config.settings.store_path} are still alive after "
                            f"{config.orphan_wait:g} s; wait for them to end and rerun")
-        _remove_stray_temp_files(config.out_dir, {clip.ytid for clip in config.clips})
-        with StatusStore(config.store_path) as store:
+        _remove_stray_temp_files(config.settings.audio_dir, {clip.ytid for clip in config.clips})
+        with StatusStore(config.settings.store_path) as store:
             _check_settings(store, config)
             stats = RunStats()
             todo = _plan(config, store, stats)
@@ -125,7 +99,7 @@ def run_download(config: DownloadConfig) -> tuple[int, dict]:
                 _drive(config, store, todo, stats, workers_lock)
             summary = _summarise(config, store, stats)
             _write_table(config, store)
-        write_json_atomic(config.summary_path, summary)
+        write_json_atomic(config.settings.summary_path, summary)
     finally:
         run_lock.close()
     _log_summary(config, summary)
@@ -167,11 +141,11 @@ def _remove_stray_temp_files(out_dir: Path, ytids: set[str]) -> None:
 
 def _check_settings(store: StatusStore, config: DownloadConfig) -> None:
     recorded = store.setting("sample_rate")
-    if recorded is not None and int(recorded) != config.sample_rate:
-        raise FatError(f"{config.store_path}: the clips there were written at {recorded} Hz, not "
-                       f"--sample-rate {config.sample_rate}; use another --out-dir and --manifest-dir")
-    store.set_setting("sample_rate", str(config.sample_rate))
-    store.set_setting("split", config.split)
+    if recorded is not None and int(recorded) != config.settings.sample_rate:
+        raise FatError(f"{config.settings.store_path}: the clips there were written at {recorded} Hz, not "
+                       f"--sample-rate {config.settings.sample_rate}; use another --out-dir and --manifest-dir")
+    store.set_setting("sample_rate", str(config.settings.sample_rate))
+    store.set_setting("split", config.settings.split)
 
 
 def _plan(config: DownloadConfig, store: StatusStore, stats: RunStats) -> list[Clip]:
@@ -181,17 +155,17 @@ def _plan(config: DownloadConfig, store: StatusStore, stats: RunStats) -> list[C
     found: list[StatusRow] = []
     for clip in config.clips:
         row = rows.get(clip.ytid)
-        wav = config.out_dir / f"{clip.ytid}.wav"
+        wav = config.settings.audio_dir / f"{clip.ytid}.wav"
         same_window = row is not None and (row.start_seconds, row.end_seconds) == (clip.start, clip.end)
         if row is not None and row.status == OK and same_window and _intact(wav, row.wav_bytes):
             stats.skipped_intact += 1
             continue
-        if row is not None and row.status == UNAVAILABLE and same_window and not config.retry_unavailable:
+        if row is not None and row.status == UNAVAILABLE and same_window and not config.settings.retry_unavailable:
             stats.skipped_unavailable += 1
             continue
         if (row is None or (row.status != OK and same_window)) and wav.is_file():
             # The WAV was renamed into place but the run died before recording it.
-            recovered = _recover(wav, clip, config.sample_rate, row, config.fetch.length_tolerance)
+            recovered = _recover(wav, clip, config.settings.sample_rate, row, config.fetch.length_tolerance)
             if recovered is not None:
                 found.append(recovered)
                 continue
@@ -246,11 +220,11 @@ def _drive(config: DownloadConfig, store: StatusStore, todo: list[Clip], stats: 
     queue: deque[Clip] = deque(todo)
     clips = {clip.ytid: clip for clip in todo}
     run_attempts: Counter = Counter()
-    backoff = GlobalBackoff(config.backoff_base, config.max_backoff, config.max_retries)
+    backoff = GlobalBackoff(config.settings.backoff_base, config.settings.max_backoff, config.settings.max_retries)
     next_start = 0.0
-    bar = tqdm(total=len(todo), unit="clip", desc=f"download {config.split}", dynamic_ncols=True,
-               disable=(None if config.progress is None else not config.progress), smoothing=0.05)
-    pool = KillablePool(min(config.workers, len(todo)), config.fetch, workers_lock, config.clip_timeout,
+    bar = tqdm(total=len(todo), unit="clip", desc=f"download {config.settings.split}", dynamic_ncols=True,
+               disable=(None if config.settings.progress is None else not config.settings.progress), smoothing=0.05)
+    pool = KillablePool(min(config.settings.workers, len(todo)), config.fetch, workers_lock, config.settings.clip_timeout,
                         stopping=lambda: bool(stop.signal_name))
     try:
         while (queue or pool.busy()) and not stop.signal_name:
@@ -268,8 +242,8 @@ def _drive(config: DownloadConfig, store: StatusStore, todo: list[Clip], stats: 
                 run_attempts[clip.ytid] += 1
                 stats.attempted += 1
                 pool.submit(idle[0], ClipTask(clip.ytid, clip.start, clip.end, clip_url(config.url_template, clip.ytid),
-                                              str(config.out_dir), config.sample_rate))
-                next_start = now + config.sleep_between
+                                              str(config.settings.audio_dir), config.settings.sample_rate))
+                next_start = now + config.settings.sleep_between
             for event in pool.poll(_poll_timeout(pool, queue, backoff, next_start)):
                 clip = clips[event.task.ytid]
                 result = _result_of(event)
@@ -277,11 +251,11 @@ def _drive(config: DownloadConfig, store: StatusStore, todo: list[Clip], stats: 
                 stats.cpu_ffmpeg += result.cpu_children
                 stats.download_bytes += result.download_bytes
                 if event.kind != "done":
-                    _remove_clip_temp(config.out_dir, clip.ytid)
+                    _remove_clip_temp(config.settings.audio_dir, clip.ytid)
                 final = True
                 if result.status == RATE_LIMITED:
                     pause = backoff.hit(time.monotonic(), result.retry_after)
-                    if run_attempts[clip.ytid] <= config.max_retries and not backoff.gave_up:
+                    if run_attempts[clip.ytid] <= config.settings.max_retries and not backoff.gave_up:
                         queue.appendleft(clip)
                         final = False
                         log.info("%s: rate limited (%s); all workers pause %.1f s", clip.ytid, result.reason, pause)
@@ -295,7 +269,7 @@ def _drive(config: DownloadConfig, store: StatusStore, todo: list[Clip], stats: 
         if stop.signal_name:
             stats.interrupted_by = stop.signal_name
             for task in pool.kill_busy():
-                _remove_clip_temp(config.out_dir, task.ytid)
+                _remove_clip_temp(config.settings.audio_dir, task.ytid)
             log.warning("%s: stopped; clips in flight were abandoned and keep their previous status",
                         stop.signal_name)
     finally:
@@ -373,8 +347,8 @@ def _summarise(config: DownloadConfig, store: StatusStore, stats: RunStats) -> d
         this_run[status] += count
     attempted_ok = this_run[OK]
     return {
-        "split": config.split,
-        "shard": f"{config.shard[0]}/{config.shard[1]}" if config.shard else None,
+        "split": config.settings.split,
+        "shard": f"{config.settings.shard[0]}/{config.settings.shard[1]}" if config.settings.shard else None,
         "clips": len(config.clips),
         "status": {name: counts[name] for name in (*STATUSES, PENDING)},
         "reasons": dict(sorted(reasons.items())),
@@ -414,15 +388,15 @@ def _write_table(config: DownloadConfig, store: StatusStore) -> None:
         else:
             writer.writerow([clip.ytid, row.status, row.reason, row.attempts, row.updated,
                              f"{row.audio_seconds:.3f}", row.message.replace("\n", " ")[:500]])
-    write_text_atomic(config.table_path, buffer.getvalue())
+    write_text_atomic(config.settings.table_path, buffer.getvalue())
 
 
 def _log_summary(config: DownloadConfig, summary: dict) -> None:
     status = summary["status"]
     log.info("%s: %d clips: %s; %.1f MB of audio; summary %s",
-             config.split, summary["clips"], ", ".join(f"{key} {value}" for key, value in status.items() if value),
-             summary["bytes"] / 1e6, config.summary_path)
+             config.settings.split, summary["clips"], ", ".join(f"{key} {value}" for key, value in status.items() if value),
+             summary["bytes"] / 1e6, config.settings.summary_path)
     for reason, count in summary["reasons"].items():
         log.info("  %-32s %d", reason, count)
     # The per-clip list is next to the summary; say where.
-    log.debug("per-clip status: %s (and %s)", config.table_path, config.store_path)
+    log.debug("per-clip status: %s (and %s)", config.settings.table_path, config.settings.store_path)

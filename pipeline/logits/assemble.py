@@ -52,7 +52,7 @@ def finish(settings: LogitsSettings, clips: ClipList, members: Sequence[Any], id
     failures = {i: failures.get(i, "no logits were computed (interrupted?)") for i in missing}
     complete = not failures or settings.skip_undecodable
     attrs = store_attrs(members, identity, settings)
-    attrs.update({"requested": len(clips), "missing": len(failures), "dtype": settings.dtype})
+    attrs.update({"requested": len(clips), "missing": len(failures), "dtype": settings.store_dtype})
     if failures and settings.skip_undecodable:
         attrs["excluded"] = json.dumps(sorted(failures))
 
@@ -78,7 +78,7 @@ def finish(settings: LogitsSettings, clips: ClipList, members: Sequence[Any], id
                     else:  # rows out of order within a record: one at a time
                         yield from ((int(r), v[None]) for r, v in zip(run_rows, run_values, strict=True))
 
-    write_store(settings.out, order, blocks(), members[0].num_classes, attrs, complete=complete, dtype=settings.dtype)
+    write_store(settings.out, order, blocks(), members[0].num_classes, attrs, complete=complete, dtype=settings.store_dtype)
     if reuse is not None:
         reuse.close()
     write_failure_report(settings, clips, failures)

@@ -8,7 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader
 
+from pipeline import runtime
 from pipeline.datafile import ClipList
 from pipeline.errors import FatError
 from pipeline.logits.settings import SAMPLE_RATE, LogitsSettings
@@ -38,51 +41,24 @@ class ClipWaves:
             return index, np.zeros(self.samples, dtype=np.float32), message
 
 
-def collate_waves(items: list[tuple[int, np.ndarray, str]]) -> tuple[list[int], Any, list[str]]:
-    import torch
-
+def collate_waves(items: list[tuple[int, np.ndarray, str]]) -> tuple[list[int], torch.Tensor, list[str]]:
     return [i for i, _, _ in items], torch.from_numpy(np.stack([w for _, w, _ in items])), [e for _, _, e in items]
 
 
 def _quiet_worker(_worker_id: int) -> None:
-    import torch
-
-    torch.set_num_threads(1)  # decoding and resampling: one thread per worker, the model keeps the rest
+    runtime.set_threads(1)  # decoding and resampling: one thread per worker, the model keeps the rest
 
 
-def compute_precision(device: Any, amp: bool | None) -> str:
-    """The arithmetic the teacher runs in: fp16 autocast on CUDA, bf16 on CPU, else fp32 (amp None = on for CUDA)."""
-    if not ((device.type == "cuda") if amp is None else amp):
-        return "fp32"
-    return "fp16" if device.type == "cuda" else "bf16"
-
-
-def autocast_for(device: Any, amp: bool | None):
-    import contextlib
-
-    import torch
-
-    precision = compute_precision(device, amp)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
-
-
-def ensemble_logits(members: Sequence[Any], waves: Any, device: Any, amp: bool | None) -> Any:
-    """Mean raw logits of the members (float32)."""
-    import torch
-
-    with torch.inference_mode(), autocast_for(device, amp):
+def ensemble_logits(members: Sequence[Any], waves: torch.Tensor, precision: runtime.Precision) -> torch.Tensor:
+    """Mean raw logits of the members (float32), computed in `precision`."""
+    with torch.inference_mode(), precision.autocast():
         outs = [member(waves).float() for member in members]
     return outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
 
 
 def compute(members: Sequence[Any], clips: ClipList, batches: list[tuple[int, list[int]]], worklog: WorkLog,
-            settings: LogitsSettings, device: Any) -> float:
+            settings: LogitsSettings, device: torch.device, precision: runtime.Precision) -> float:
     """Run this rank's batches, appending each to the work log; returns the seconds it took."""
-    import torch
-    from torch.utils.data import DataLoader
-
     members = [m.to(device) for m in members]
     samples = int(round(settings.clip_seconds * SAMPLE_RATE))
     loader = DataLoader(
@@ -98,19 +74,19 @@ def compute(members: Sequence[Any], clips: ClipList, batches: list[tuple[int, li
         failed = {clip_id: error for clip_id, error, good in zip(ids, errors, ok, strict=True) if not good}
         for clip_id, error in failed.items():
             log.warning("could not decode clip %s: %s", clip_id, error)
-        rows = np.zeros((0, members[0].num_classes), dtype=settings.dtype)
+        rows = np.zeros((0, members[0].num_classes), dtype=settings.store_dtype)
         if ok.any():
             good = waves if ok.all() else waves[torch.from_numpy(ok)]
-            logits = ensemble_logits(members, good.to(device, non_blocking=True), device, settings.amp)
+            logits = ensemble_logits(members, good.to(device, non_blocking=True), precision)
             bad = ~torch.isfinite(logits).all(dim=1).cpu().numpy()
             if bad.any():
                 named = [f"{ids[i]} ({clips.paths[indices[i]]})" for i in np.flatnonzero(ok)[bad]]
                 raise FatError(f"the teacher produced NaN or infinite logits for clip(s) {', '.join(named[:5])}"
                                f"{' ...' if len(named) > 5 else ''}")
-            rows = logits.cpu().numpy().astype(settings.dtype)
-            if settings.dtype == "float16" and not np.isfinite(rows).all():
+            rows = logits.cpu().numpy().astype(settings.store_dtype)
+            if settings.store_dtype == "float16" and not np.isfinite(rows).all():
                 raise FatError(f"logits of clip(s) {', '.join(np.array(ids)[ok][~np.isfinite(rows).all(1)][:5])} "
-                               "overflow float16: use --dtype float32")
+                               "overflow float16: use --store-dtype float32")
         worklog.append(LogRecord(number, [i for i, good in zip(ids, ok, strict=True) if good], rows, failed,
                                  time.time_ns()))
         finished += len(indices)

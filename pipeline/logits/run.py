@@ -24,11 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline import runtime
 from pipeline.atomic import write_json_atomic
 from pipeline.datafile import LABEL_CSV_NAME, label_csv_beside, load_clips, load_label_csv
 from pipeline.errors import FatError
 from pipeline.logits.assemble import Outcome, finish
-from pipeline.logits.compute import compute, compute_precision
+from pipeline.logits.compute import compute
 from pipeline.logits.settings import LogitsSettings
 from pipeline.logits.teacher_metrics import teacher_metrics
 from pipeline.logits.teachers import digest, identity_of, load_teachers
@@ -40,26 +41,24 @@ log = logging.getLogger(__name__)
 
 def run_logits(settings: LogitsSettings) -> Outcome | None:
     """Compute (or finish) the store; returns the outcome on rank 0, None on other ranks."""
-    from pipeline.training import distributed
-
     settings.check()
-    ctx = distributed.start(settings.device)
+    ctx = runtime.start(settings.device, settings.threads)
     try:
         label_csv = find_label_csv(settings)
         labels = load_label_csv(label_csv) if label_csv else None
         if labels is None:
             log.info("no label CSV (%s beside the datafile, or --labels): no teacher metrics", LABEL_CSV_NAME)
-        clips = load_clips(settings.datafiles, labels)
+        clips = load_clips(settings.datafile, labels)
         requested = list(clips.ids)
         num_classes = len(labels) if labels is not None and settings.random_init else None
 
         def members_now() -> list[Any]:
-            return load_teachers(settings.teachers, settings.checkpoints, settings.random_init, num_classes,
+            return load_teachers(settings.teacher, settings.checkpoint, settings.random_init, num_classes,
                                  settings.seed)
 
         if ctx.is_main:  # fetch checkpoints once before the other ranks read the cache
             members = members_now()
-        distributed.barrier(ctx)
+        runtime.barrier(ctx)
         if not ctx.is_main:
             members = members_now()
         classes = members[0].num_classes
@@ -68,12 +67,12 @@ def run_logits(settings: LogitsSettings) -> Outcome | None:
         if labels is not None and len(labels) != classes:
             raise FatError(f"{label_csv}: {len(labels)} classes, but teacher {members[0].provenance.name} "
                            f"predicts {classes}: the label CSV must be the one the teacher was trained on")
-        identity = identity_of(members, settings, classes, labels.sha256 if labels is not None else "",
-                               compute_precision(ctx.device, settings.amp))
+        precision = runtime.choose_precision(settings.precision, ctx.device)
+        identity = identity_of(members, settings, classes, labels.sha256 if labels is not None else "", precision.name)
         identity_sha = digest(identity)
 
         decision = prepare_output(settings, identity_sha) if ctx.is_main else None
-        decision = distributed.gather_objects(ctx, decision)[0]
+        decision = runtime.gather_objects(ctx, decision)[0]
         reuse = LogitsStore(settings.out, allow_incomplete=True) if decision["reuse"] else None
         done, _ = scan_partial(settings.partial_dir)
         if reuse is not None:
@@ -95,13 +94,13 @@ def run_logits(settings: LogitsSettings) -> Outcome | None:
                      "(%d ranks, device %s, teachers %s)", len(clips), len(clips) - len(needed),
                      len(needed), len(batches), ctx.world_size, ctx.device,
                      ", ".join(m.provenance.name for m in members))
-        distributed.barrier(ctx)  # everyone has read the logs before anyone appends to them
+        runtime.barrier(ctx)  # everyone has read the logs before anyone appends to them
         worklog = WorkLog(settings.partial_dir / f"rank{ctx.rank}.log")
         seconds = 0.0
         if mine:
             worklog.open_for_append()
-            seconds = compute(members, clips, mine, worklog, settings, ctx.device)
-        distributed.barrier(ctx)
+            seconds = compute(members, clips, mine, worklog, settings, ctx.device, precision)
+        runtime.barrier(ctx)
         if not ctx.is_main:
             return None
         if reuse is not None:
@@ -110,7 +109,7 @@ def run_logits(settings: LogitsSettings) -> Outcome | None:
         outcome.compute_seconds = seconds
         return outcome
     finally:
-        distributed.stop(ctx)
+        runtime.stop(ctx)
 
 
 def find_label_csv(settings: LogitsSettings) -> Path | None:
@@ -119,7 +118,7 @@ def find_label_csv(settings: LogitsSettings) -> Path | None:
         if not settings.labels.is_file():
             raise FatError(f"{settings.labels}: no such label CSV")
         return settings.labels
-    beside = label_csv_beside(settings.datafiles[0])
+    beside = label_csv_beside(settings.datafile[0])
     return beside if beside.is_file() else None
 
 

@@ -1,46 +1,64 @@
-"""What `fat logits` is asked to do: the settings of one run and the paths they imply."""
+"""What `fat logits` is asked to do: its options (params.yaml `logits:` keys) and the paths they imply."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import FatError
+from pipeline.settings import check_values, device_option, option, paths, precision_option, threads_option
 from pipeline.store import STORE_DTYPES
 
 SAMPLE_RATE = 32000  # the teachers' input rate
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LogitsSettings:
-    datafiles: list[Path]
-    out: Path
-    teachers: list[str] = field(default_factory=lambda: ["mn10_as"])
-    checkpoints: list[Path] = field(default_factory=list)  # one per teacher, same order
-    random_init: bool = False
-    seed: int = 0
-    labels: Path | None = None  # label CSV; default: class_labels_indices.csv beside the first datafile
-    batch_size: int = 32
-    workers: int = 2
-    clip_seconds: float = 10.0
-    dtype: str = "float16"
-    device: str = "auto"
-    amp: bool | None = None  # None: on for CUDA (float16), off on CPU (where it means bfloat16)
-    metrics: Path | None = None
-    skip_undecodable: bool = False
-    overwrite: bool = False
-    progress_every: float = 30.0
+    datafile: tuple[Path, ...] = option(help="AST datafile(s) whose clips get logits (required)", metavar="JSON")
+    teacher: list[str] = option(
+        ["mn10_as"], "released teacher name(s); several (or mn_ensemble) = mean of their logits (default: mn10_as)",
+        metavar="NAME")
+    checkpoint: list[Path] = option(
+        [], "local checkpoint file(s), one per teacher in order, instead of the download (default: the released file "
+            "from the cache or the network)", metavar="PATH")
+    random_init: bool = option(
+        False, "use RANDOMLY INITIALISED teachers (tests and the offline demo only: the logits carry no knowledge; "
+               "recorded as random_init=True in the store)")
+    seed: int = option(0, "seed of the --random-init weights")
+    out: Path | None = option(None, "the store to write (default: data/logits/<teacher>.h5)")
+    labels: Path | None = option(
+        None, "label CSV index,mid,display_name (default: class_labels_indices.csv beside the first datafile; "
+              "without one, no metrics)")
+    metrics: Path | None = option(None, "teacher metrics JSON (default: <out stem>.metrics.json beside the store)")
+    batch_size: int = option(32, "clips per batch", unit="clips", minimum=1)
+    workers: int = option(2, "DataLoader processes decoding audio while the model runs; 0 = in-process", minimum=0)
+    clip_seconds: float = option(10.0, "every clip is zero-padded or cut to this length (10 s: as the teachers were "
+                                       "trained)", unit="s", above=0)
+    store_dtype: str = option("float16", "storage type of the logits in the store (float16: 2 bytes per value)",
+                              choices=STORE_DTYPES, renamed=("--dtype",))
+    device: str = device_option()
+    precision: str = precision_option(
+        note="; the store records it, and rows of another precision are never reused", renamed=("--amp", "--no-amp"))
+    threads: int = threads_option()
+    skip_undecodable: bool = option(
+        False, "leave clips that cannot be decoded out and still mark the store complete; they are listed in "
+               "<out stem>.failed.csv and the `excluded` attribute (default: such clips make the run fail with an "
+               "incomplete store)")
+    overwrite: bool = option(
+        False, "replace a store (or interrupted work) made by another teacher or other settings (default: refuse)")
+    progress_every: float = option(30.0, "time between progress lines", unit="s")
+
+    def __post_init__(self) -> None:
+        self.datafile = paths(self.datafile)
+        self.checkpoint = [Path(p) for p in self.checkpoint]
+        if self.out is None:
+            self.out = Path("data") / "logits" / f"{'+'.join(self.teacher)}.h5"
 
     def check(self) -> None:
-        if self.dtype not in STORE_DTYPES:
-            raise FatError(f"--dtype must be one of {', '.join(STORE_DTYPES)}, got {self.dtype!r}")
-        if self.batch_size < 1 or self.workers < 0:
-            raise FatError("--batch-size must be at least 1 and --workers at least 0")
-        if not self.clip_seconds > 0:
-            raise FatError(f"--clip-seconds must be positive, got {self.clip_seconds}")
-        if self.random_init and self.checkpoints:
+        check_values(self)
+        if self.random_init and self.checkpoint:
             raise FatError("--random-init and --checkpoint exclude each other")
-        if not self.datafiles:
+        if not self.datafile:
             raise FatError("no datafile given")
 
     @property

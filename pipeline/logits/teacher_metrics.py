@@ -21,7 +21,7 @@ def teacher_metrics(settings: LogitsSettings, clips: ClipList, members: Sequence
     result: dict[str, Any] = {
         "teacher": store.attrs["teacher"], "random_init": bool(store.attrs["random_init"]),
         "published_mAP": members[0].provenance.published_map if len(members) == 1 else None,
-        "dtype": settings.dtype, "splits": {},
+        "dtype": settings.store_dtype, "splits": {},
     }
     all_targets, all_scores = [], []
     every_target = clips.targets()

@@ -40,7 +40,7 @@ def identity_of(members: Sequence[Any], settings: LogitsSettings, num_classes: i
         described.append(prov)
     return {
         "members": described, "clip_seconds": settings.clip_seconds, "sample_rate": SAMPLE_RATE,
-        "dtype": settings.dtype, "num_classes": num_classes, "label_csv_sha256": label_sha,
+        "dtype": settings.store_dtype, "num_classes": num_classes, "label_csv_sha256": label_sha,
         "precision": precision,  # fp16 autocast rows must not be mixed silently with fp32 ones
     }
 

@@ -1,13 +1,11 @@
 """`fat train`: the AST student on λ·label + (1 − λ)·KD with precomputed teacher logits.
 
-    from pipeline.training import TrainConfig, train
-    result = train(TrainConfig(train=..., valid=..., labels=..., out=..., teacher=...))
+    from pipeline.training.config import TrainConfig
+    from pipeline.training.loop import train
+    result = train(TrainConfig(train=..., valid=..., out=..., teacher=...))
 
-Modules: config (settings), loop (the run), schedule (warm-up + step decay), averaging (weight
-averaging), precision (AMP), distributed (torchrun), validation, logs (CSV + DVCLive), state (resume).
+Modules: config (the settings, which are also the `fat train` options), loop (the run), schedule
+(warm-up + step decay), averaging (weight averaging), validation (per-epoch scoring), logs (CSV +
+DVCLive), state (resume). Device, precision and torchrun: pipeline.runtime. This package file
+imports nothing, so that the CLI can read TrainConfig without loading torch.
 """
-
-from pipeline.training.config import TrainConfig
-from pipeline.training.loop import INTERRUPTED_EXIT, MODEL_NAME, RESULT_NAME, RunResult, train
-
-__all__ = ["INTERRUPTED_EXIT", "MODEL_NAME", "RESULT_NAME", "RunResult", "TrainConfig", "train"]

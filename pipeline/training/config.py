@@ -1,105 +1,148 @@
-"""Every setting of one training run, checked once before anything heavy starts.
+"""Every setting of one training run: the `fat train` options, the params.yaml `train:` keys and what a
+resume may not change, one field each; checked once before anything heavy starts.
 
 Defaults are AST's AudioSet-balanced recipe (Adam β 0.95/0.999, wd 5e-7, lr 5e-5, batch 12,
 25 epochs, decay ×0.5 every 5 epochs from epoch 10, weight averaging of epochs 6–25,
-SpecAugment 48/192, mixup 0.5) with EfficientAT's KD weighting (λ = 0.1, T = 1).
+SpecAugment 48/192, mixup 0.5, AudioSet's fbank statistics) with EfficientAT's KD weighting
+(λ = 0.1, T = 1).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.datafile import LABEL_CSV_NAME
 from pipeline.errors import FatError
-
-LOSSES = ("bce", "ce")
-METRICS = ("auto", "map", "accuracy")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
-DEVICES = ("auto", "cpu", "cuda")
-MISSING_TEACHER = ("error", "mask")
-
-# Settings that must not change when a run is resumed: they change what the saved state means.
-RESUME_INVARIANT = (
-    "model_size", "fstride", "tstride", "target_frames", "num_mel_bins", "loss", "batch_size", "accum_steps",
-    "seed", "balanced", "epoch_size", "kd_lambda", "kd_temperature", "mixup", "freqm", "timem", "noise",
-    "time_shift", "lr", "tome_r", "warmup_steps", "lr_decay_start", "lr_decay_step", "lr_decay_factor", "wa",
-    "wa_start", "weight_decay", "beta1", "beta2", "grad_clip", "drop_path", "norm_mean", "norm_std",
+from pipeline.settings import (
+    check_values, device_option, option, paths, precision_option, resume_invariant, threads_option,
 )
 
+DATA, MODEL, FEATURES, OBJECTIVE = "data", "model", "features and augmentation", "objective"
+OPTIM, SAMPLING, RUNTIME = "optimisation", "sampling", "runtime"
 
-@dataclass
+
+@dataclass(kw_only=True)
 class TrainConfig:
     # data
-    train: tuple[Path, ...]  # one or more datafiles, drawn from as one list
-    valid: Path
-    labels: Path
-    out: Path
-    teacher: Path | None = None
-    missing_teacher: str = "error"
+    train: tuple[Path, ...] = option(
+        help="training datafile(s) (AST JSON), several are drawn from as one list (e.g. balanced + unbalanced "
+             "AudioSet); required, default: none", metavar="DATAFILE", group=DATA)
+    valid: Path = option(help="validation datafile (AST JSON), scored every epoch; required, default: none",
+                         group=DATA)
+    labels: Path | None = option(
+        None, "label CSV index,mid,display_name (default: class_labels_indices.csv beside the first --train)",
+        group=DATA)
+    teacher: Path | None = option(
+        None, "teacher logits store (HDF5 from `fat logits`); needed when --kd-lambda < 1 (default: none)", group=DATA)
+    missing_teacher: str = option(
+        "error", "training clips without a teacher row: error (name them and stop) or mask (leave them out of the "
+                 "KD term)", choices=("error", "mask"), group=DATA)
+    out: Path = option(help="output folder of this experiment, e.g. models/student; required, default: none",
+                       group=DATA)
     # model
-    model_size: str = "base384"
-    fstride: int = 10
-    tstride: int = 10
-    target_frames: int = 1024
-    num_mel_bins: int = 128
-    imagenet_weights: Path | None = None
-    ast_checkpoint: Path | None = None
-    tome_r: str = "0"
-    drop_path: float = 0.0
-    grad_checkpointing: bool = False
+    model_size: str = option("base384", "DeiT backbone of the AST", choices=("tiny224", "small224", "base224", "base384"),
+                             group=MODEL, resume=False)
+    fstride: int = option(10, "patch stride along frequency", unit="mel bins", group=MODEL, resume=False)
+    tstride: int = option(10, "patch stride along time", unit="frames", group=MODEL, resume=False)
+    target_frames: int = option(1024, "input length, padded or cut", unit="10 ms frames", minimum=1, group=MODEL,
+                                resume=False)
+    num_mel_bins: int = option(128, "fbank mel bins", minimum=1, group=MODEL, resume=False)
+    imagenet_weights: Path | None = option(
+        None, "local timm DeiT-distilled state-dict file to start from (default: none)", group=MODEL)
+    ast_checkpoint: Path | None = option(
+        None, "AST checkpoint to start from, e.g. a released AudioSet model (default: none)", group=MODEL)
+    tome_r: str = option(
+        "0", "tokens merged per block while training: 16, per layer 16 16 8 (or 16,16,8), or a schedule 16:-1; "
+             "0 = plain AST", nargs="+", metavar="R", group=MODEL, resume=False)
+    drop_path: float = option(0.0, "stochastic depth rate (0..1)", minimum=0, group=MODEL, resume=False)
+    grad_checkpointing: bool = option(
+        False, "recompute block activations in backward to save GPU memory (r = 0 only)", group=MODEL)
     # features and augmentation
-    norm_mean: float = -4.2677393
-    norm_std: float = 4.5689974
-    freqm: int = 48
-    timem: int = 192
-    mixup: float = 0.5
-    noise: bool = False
-    time_shift: int = 0
+    norm_mean: float | None = option(
+        None, "fbank mean, natural-log mel power (default: AudioSet's, student.features.NORM_STATS)",
+        group=FEATURES, resume=False)
+    norm_std: float | None = option(None, "fbank std (default: AudioSet's, student.features.NORM_STATS)",
+                                    group=FEATURES, resume=False)
+    freqm: int = option(48, "SpecAugment max frequency-mask width; 0 = off", unit="mel bins", minimum=0,
+                        group=FEATURES, resume=False)
+    timem: int = option(192, "SpecAugment max time-mask width; 0 = off", unit="frames", minimum=0, group=FEATURES,
+                        resume=False)
+    mixup: float = option(0.5, "fraction of training clips mixed with a random partner on the waveform (0..1)",
+                          group=FEATURES, resume=False)
+    noise: bool = option(False, "add AST's uniform fbank noise (Speech Commands recipe)", group=FEATURES, resume=False)
+    time_shift: int = option(0, "circular time roll by up to this many frames (AST's Speech Commands: 10; 0 = off)",
+                             unit="frames", minimum=0, group=FEATURES, resume=False)
     # objective
-    loss: str = "bce"
-    metric: str = "auto"
-    kd_lambda: float = 0.1
-    kd_temperature: float = 1.0
+    loss: str = option("bce", "bce: multi-label (sigmoid KD); ce: single-label (softmax-temperature KL)",
+                       choices=("bce", "ce"), group=OBJECTIVE, resume=False)
+    metric: str = option("auto", "main validation metric; auto = map for bce, accuracy for ce",
+                         choices=("auto", "map", "accuracy"), group=OBJECTIVE)
+    kd_lambda: float = option(0.1, "λ: weight of the label loss; 1 − λ weighs the KD loss (1 = no teacher)",
+                              group=OBJECTIVE, resume=False)
+    kd_temperature: float = option(1.0, "KD temperature T (dividing teacher logits)", group=OBJECTIVE, resume=False)
     # optimisation
-    epochs: int = 25
-    batch_size: int = 12
-    lr: float = 5e-5
-    weight_decay: float = 5e-7
-    beta1: float = 0.95
-    beta2: float = 0.999
-    warmup_steps: int = 1000
-    lr_decay_start: int = 10
-    lr_decay_step: int = 5
-    lr_decay_factor: float = 0.5
-    wa: bool = True
-    wa_start: int = 6
-    wa_end: int = 25
-    grad_clip: float = 0.0
-    accum_steps: int = 1
+    epochs: int = option(25, "training epochs (may grow on --resume)", minimum=1, group=OPTIM)
+    batch_size: int = option(12, "clips per batch per process", unit="clips", minimum=1, group=OPTIM, resume=False)
+    lr: float = option(5e-5, "peak learning rate (Adam)", group=OPTIM, resume=False)
+    weight_decay: float = option(5e-7, "Adam L2 weight decay", minimum=0, group=OPTIM, resume=False)
+    adam_betas: tuple[float, float] = option((0.95, 0.999), "Adam betas", nargs=2, metavar=("B1", "B2"), group=OPTIM,
+                                             resume=False)
+    warmup_steps: int = option(1000, "linear learning-rate warm-up; 0 = off", unit="optimiser steps", minimum=0,
+                               group=OPTIM, resume=False)
+    lr_decay_start: int = option(10, "epochs before the first step decay", group=OPTIM, resume=False)
+    lr_decay_step: int = option(5, "epochs between step decays", group=OPTIM, resume=False)
+    lr_decay_factor: float = option(0.5, "learning-rate factor at each decay", group=OPTIM, resume=False)
+    wa: bool = option(True, "final model = mean of the weights after epochs --wa-start..--wa-end", group=OPTIM,
+                      resume=False)
+    wa_start: int = option(6, "first epoch in the weight average (1-based)", group=OPTIM, resume=False)
+    wa_end: int = option(25, "last epoch in the weight average (1-based, inclusive; may grow on --resume)",
+                         group=OPTIM)
+    grad_clip: float = option(0.0, "clip the gradient norm to this (0 = off)", minimum=0, group=OPTIM, resume=False)
+    accum_steps: int = option(1, "batches accumulated per optimiser step", minimum=1, group=OPTIM, resume=False)
     # sampling
-    balanced: bool = False
-    epoch_size: int = 0
+    balanced: bool = option(
+        False, "AST's balanced sampling: per-clip weights from label frequencies, with replacement", group=SAMPLING,
+        resume=False)
+    epoch_size: int = option(0, "clips per epoch over all processes (0 = the training set's size)", unit="clips",
+                             minimum=0, group=SAMPLING, resume=False)
     # runtime
-    device: str = "auto"
-    amp: str = "auto"
-    num_workers: int = 4
-    eval_batch_size: int = 0
-    seed: int = 0
-    resume: bool = False
-    keep_epoch_checkpoints: bool = False
-    log_every: int = 20
-    progress: bool | None = None
-    dvclive: bool = True
+    device: str = device_option(group=RUNTIME)
+    precision: str = precision_option(
+        group=RUNTIME, note=" (fp16 training scales its gradients; losses are computed in fp32)", renamed=("--amp",))
+    num_workers: int = option(4, "DataLoader worker processes per process", minimum=0, group=RUNTIME)
+    eval_batch_size: int = option(0, "validation batch (0 = 2 × --batch-size)", unit="clips", minimum=0,
+                                  group=RUNTIME)
+    threads: int = threads_option(group=RUNTIME)
+    seed: int = option(0, "seed of initial weights, sampling and augmentation", group=RUNTIME, resume=False)
+    resume: bool = option(
+        False, "continue the run saved in --out exactly where it stopped (fresh start if none)", group=RUNTIME)
+    keep_epoch_checkpoints: bool = option(
+        False, "also write epoch_<n>.pt student files (default: only student.pt)", group=RUNTIME)
+    log_every: int = option(20, "optimiser steps between steps.csv rows", minimum=1, group=RUNTIME)
+    progress: bool | None = option(
+        None, "progress bar with loss and clips/s (default: when stderr is a terminal)", group=RUNTIME)
+    dvclive: bool = option(True, "write DVCLive metrics and plots to <out>/dvclive", group=RUNTIME)
 
     def __post_init__(self) -> None:
-        paths = [self.train] if isinstance(self.train, (str, Path)) else list(self.train)
-        self.train = tuple(Path(p) for p in paths)
+        self.train = paths(self.train)
         for name in ("valid", "labels", "out", "teacher", "imagenet_weights", "ast_checkpoint"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 setattr(self, name, Path(value))
-        self.tome_r = str(self.tome_r)
+        if self.labels is None and self.train:
+            self.labels = self.train[0].parent / LABEL_CSV_NAME
+        # "16 16 8" on the command line (or a list in params.yaml) is the text form "16,16,8".
+        self.tome_r = self.tome_r if isinstance(self.tome_r, str) else ",".join(str(r) for r in self.tome_r)
+        self.adam_betas = tuple(self.adam_betas)
+        if self.norm_mean is None or self.norm_std is None:
+            # Deferred: student.features imports torch, and `fat --help` builds its parser from this class.
+            from student.features import NORM_STATS
+
+            mean, std = NORM_STATS["audioset"]
+            self.norm_mean = mean if self.norm_mean is None else self.norm_mean
+            self.norm_std = std if self.norm_std is None else self.norm_std
 
     @property
     def multi_label(self) -> bool:
@@ -140,29 +183,12 @@ class TrainConfig:
 
     def check_settings(self) -> None:
         """The options make sense together (ranges, the teacher a KD loss needs, the averaging window)."""
-        choices = {"loss": LOSSES, "metric": METRICS, "amp": AMP_MODES, "device": DEVICES,
-                   "missing_teacher": MISSING_TEACHER}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise FatError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        check_values(self)
         if not 0.0 <= self.kd_lambda <= 1.0:
             raise FatError(f"--kd-lambda must lie in [0, 1], got {self.kd_lambda}")
         if self.uses_teacher and self.teacher is None:
             raise FatError(f"--kd-lambda {self.kd_lambda} < 1 needs teacher logits: pass --teacher STORE.h5 "
                            "(or --kd-lambda 1 for plain supervised training)")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accum_steps": self.accum_steps,
-                    "log_every": self.log_every, "target_frames": self.target_frames,
-                    "num_mel_bins": self.num_mel_bins}
-        for name, value in positive.items():
-            if value < 1:
-                raise FatError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
-        non_negative = {"warmup_steps": self.warmup_steps, "freqm": self.freqm, "timem": self.timem,
-                        "time_shift": self.time_shift, "num_workers": self.num_workers, "grad_clip": self.grad_clip,
-                        "epoch_size": self.epoch_size, "eval_batch_size": self.eval_batch_size,
-                        "weight_decay": self.weight_decay, "drop_path": self.drop_path}
-        for name, value in non_negative.items():
-            if value < 0:
-                raise FatError(f"--{name.replace('_', '-')} must be ≥ 0, got {value}")
         if not 0.0 <= self.mixup <= 1.0:
             raise FatError(f"--mixup is the fraction of mixed clips and must lie in [0, 1], got {self.mixup}")
         if self.lr <= 0 or self.kd_temperature <= 0 or self.norm_std <= 0:
@@ -174,7 +200,7 @@ class TrainConfig:
         if self.wa and self.wa_start > self.epochs:
             raise FatError(f"--wa-start {self.wa_start} is after the last epoch ({self.epochs}); "
                            "lower it or pass --no-wa")
-        if not 0.0 <= self.beta1 < 1.0 or not 0.0 <= self.beta2 < 1.0:
+        if not all(0.0 <= beta < 1.0 for beta in self.adam_betas):
             raise FatError("Adam betas must lie in [0, 1)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,6 +212,15 @@ class TrainConfig:
 
         return {key: plain(value) for key, value in asdict(self).items()}
 
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+
+# Settings that must not change when a run is resumed (the fields declared with resume=False).
+RESUME_INVARIANT = resume_invariant(TrainConfig)
+
+
+def saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config saved in a training state, in today's field names (states written before the Adam betas
+    were one field, `adam_betas`, held `beta1` and `beta2`)."""
+    config = dict(saved)
+    if "adam_betas" not in config and "beta1" in config:
+        config["adam_betas"] = [config.pop("beta1"), config.pop("beta2")]
+    return config

@@ -18,12 +18,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pipeline import runtime
 from pipeline.errors import FatError
-from pipeline.training import distributed
 from pipeline.training.averaging import WeightAverager
-from pipeline.training.config import RESUME_INVARIANT, TrainConfig
+from pipeline.training.config import RESUME_INVARIANT, TrainConfig, saved_config
 from pipeline.training.logs import RunLog
-from pipeline.training.precision import choose_precision
 from pipeline.training.schedule import LRSchedule
 from pipeline.training.state import STATE_NAME, check_compatible, check_same_data, load_state, rng_state, save_state, set_rng_state
 from pipeline.training.validation import validate, validation_loader
@@ -48,22 +47,22 @@ class RunResult:
 def worker_init(_worker_id: int) -> None:
     """DataLoader workers leave SIGTERM to the main process (which saves and stops them) and use one thread."""
     ignore_sigterm()
-    torch.set_num_threads(1)
+    runtime.set_threads(1)
 
 
 def train(config: TrainConfig) -> RunResult:
     """Run (or resume) one training; see `fat train --help` for the settings."""
     config.check()
-    context = distributed.start(config.device)
+    context = runtime.start(config.device, config.threads)
     try:
         with killed_on_error():  # the workers ignore SIGTERM: an error must not leave them for exit to wait on
             return Trainer(config, context).run()
     finally:
-        distributed.stop(context)
+        runtime.stop(context)
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, context: distributed.Context) -> None:
+    def __init__(self, config: TrainConfig, context: runtime.Context) -> None:
         self.config = config
         self.context = context
         self.stop_requested = False
@@ -80,7 +79,7 @@ class Trainer:
         if state is None and self.config.resume:
             log.info("%s: no training state to resume; starting from the beginning", out)
         if state is not None:
-            check_compatible(out / STATE_NAME, state["config"], self.config.to_dict(), RESUME_INVARIANT)
+            check_compatible(out / STATE_NAME, saved_config(state["config"]), self.config.to_dict(), RESUME_INVARIANT)
         if self.context.is_main:
             out.mkdir(parents=True, exist_ok=True)
         return state
@@ -149,11 +148,11 @@ class Trainer:
             device_ids = [self.context.device.index] if self.context.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(trainable, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+        self.optimizer = torch.optim.Adam(trainable, lr=cfg.lr, betas=cfg.adam_betas,
                                           weight_decay=cfg.weight_decay)
         self.schedule = LRSchedule(cfg.lr, cfg.warmup_steps, cfg.lr_decay_start, cfg.lr_decay_step,
                                    cfg.lr_decay_factor)
-        self.precision = choose_precision(cfg.amp, self.context.device)
+        self.precision = runtime.choose_precision(cfg.precision, self.context.device)
         self.scaler = self.precision.scaler()
         self.averager = WeightAverager(cfg.wa_start, cfg.wa_end) if cfg.wa else None
         # Each rank its own stream for dropout / drop-path.
@@ -270,7 +269,7 @@ class Trainer:
             self.runlog.batch_done(running, clips_per_s)
             step_terms.zero_()
             micro_batches = 0
-            if distributed.any_rank(self.context, self.stop_requested):
+            if runtime.any_rank(self.context, self.stop_requested):
                 self.epoch_sums = sums.tolist()
                 self.runlog.end_epoch()
                 return False
@@ -310,7 +309,7 @@ class Trainer:
 
     def end_epoch(self) -> None:
         cfg = self.config
-        sums = distributed.sum_floats(self.context, self.epoch_sums)
+        sums = runtime.sum_floats(self.context, self.epoch_sums)
         metrics = validate(self.model, self.valid_loader, self.valid_set, self.context, self.precision, cfg.multi_label,
                            cfg.reports_accuracy)
         if self.averager is not None and self.averager.wants(self.epoch):
@@ -376,10 +375,10 @@ class Trainer:
 
     def save(self, finished: bool) -> None:
         """Gather every rank's RNG and partial sums; rank 0 writes the state atomically."""
-        rngs = distributed.gather_objects(self.context, rng_state(self.context.device))
-        sums = distributed.gather_objects(self.context, list(self.epoch_sums))
+        rngs = runtime.gather_objects(self.context, rng_state(self.context.device))
+        sums = runtime.gather_objects(self.context, list(self.epoch_sums))
         if not self.context.is_main:
-            distributed.barrier(self.context)
+            runtime.barrier(self.context)
             return
         save_state(self.config.out, {
             "config": self.config.to_dict(),
@@ -399,4 +398,4 @@ class Trainer:
             "finished": finished,
             "final_metrics": self.final_metrics,
         })
-        distributed.barrier(self.context)
+        runtime.barrier(self.context)

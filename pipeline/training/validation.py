@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pipeline import runtime
 from pipeline.dataset import ClipDataset
+from pipeline.runtime import Precision
 from pipeline.sampling import ShardSampler
-from pipeline.training import distributed
-from pipeline.training.precision import Precision
 
 
 @torch.no_grad()
@@ -32,7 +32,7 @@ def predict_shard(model: nn.Module, loader: DataLoader, device: torch.device, pr
     return np.concatenate(indices), np.concatenate(logits)
 
 
-def validation_loader(dataset: ClipDataset, context: distributed.Context, batch_size: int, num_workers: int,
+def validation_loader(dataset: ClipDataset, context: runtime.Context, batch_size: int, num_workers: int,
                       worker_init_fn: Any) -> DataLoader:
     return DataLoader(
         dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), context.rank, context.world_size),
@@ -41,10 +41,10 @@ def validation_loader(dataset: ClipDataset, context: distributed.Context, batch_
     )
 
 
-def gather_predictions(context: distributed.Context, indices: np.ndarray, logits: np.ndarray,
+def gather_predictions(context: runtime.Context, indices: np.ndarray, logits: np.ndarray,
                        num_items: int) -> np.ndarray | None:
     """All ranks' logits in clip order on rank 0 (None elsewhere); checks every clip came exactly once."""
-    parts = distributed.gather_objects(context, (indices, logits))
+    parts = runtime.gather_objects(context, (indices, logits))
     if not context.is_main:
         return None
     all_indices = np.concatenate([p[0] for p in parts])
@@ -74,7 +74,7 @@ def score(logits: np.ndarray, targets: np.ndarray, multi_label: bool, with_accur
     return metrics
 
 
-def validate(model: nn.Module, loader: DataLoader, dataset: ClipDataset, context: distributed.Context,
+def validate(model: nn.Module, loader: DataLoader, dataset: ClipDataset, context: runtime.Context,
              precision: Precision, multi_label: bool, with_accuracy: bool | None = None) -> dict[str, float]:
     """Metrics over the whole validation set on rank 0; {} on the other ranks (they only predict)."""
     indices, logits = predict_shard(model, loader, context.device, precision)

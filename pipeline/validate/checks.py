@@ -16,6 +16,8 @@ from typing import NamedTuple
 import numpy as np
 import soundfile as sf
 
+from pipeline.settings import option
+
 # Reason codes in the order they are checked; the summary lists every one (zeros included).
 REASONS: dict[str, str] = {
     "duplicate-id": "the id appeared earlier in the input (the first one is checked)",
@@ -39,20 +41,32 @@ _INT32_SUBTYPES = frozenset({"PCM_24", "PCM_32"})
 _FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """What a good clip is. Defaults: AudioSet clips as `fat download` writes them."""
+CHECKS = "thresholds (reason codes: docs/architecture.md)"
 
-    sample_rate: int | None = 32000  # Hz; None accepts any rate
-    channels: int | None = 1  # None accepts any count
-    length_tolerance: float = 0.05  # seconds either side of the window
-    min_seconds: float = 0.5  # absolute minimum length, seconds
-    max_seconds: float = 10.0  # absolute maximum length (plus the tolerance), seconds
-    silence_peak_dbfs: float = -60.0
-    silence_rms_dbfs: float = -70.0
-    clip_level: float = 0.999  # fraction of full scale counted as clipped
-    max_clipped_fraction: float = 0.02  # of all samples
-    max_dc_offset: float = 0.25  # |mean| as a fraction of full scale
+
+@dataclass(frozen=True, kw_only=True)
+class SignalChecks:
+    """The sample-level thresholds, the same options in `fat validate` and `fat prepare`."""
+
+    silence_peak_dbfs: float = option(-60.0, "a clip whose peak is below this is silent", unit="dBFS", group=CHECKS)
+    silence_rms_dbfs: float = option(-70.0, "a clip whose RMS is below this is silent", unit="dBFS", group=CHECKS)
+    clip_level: float = option(0.999, "a sample at or beyond this fraction of full scale counts as clipped (0..1]",
+                               group=CHECKS)
+    max_clipped_fraction: float = option(0.02, "reject when more than this fraction of samples is clipped (0..1)",
+                                         group=CHECKS)
+    max_dc_offset: float = option(0.25, "reject when |mean| exceeds this fraction of full scale (0..1)", group=CHECKS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Thresholds(SignalChecks):
+    """What a good clip is. Defaults: AudioSet clips as `fat download` writes them (`fat validate`'s options)."""
+
+    sample_rate: int | None = option(32000, "required sample rate", unit="Hz", group=CHECKS)  # None: any
+    channels: int | None = option(1, "required channel count", group=CHECKS)  # None: any
+    length_tolerance: float = option(
+        0.05, "allowed difference from the clip's window (metadata end − start)", unit="s", group=CHECKS)
+    min_seconds: float = option(0.5, "absolute minimum length", unit="s", group=CHECKS)
+    max_seconds: float = option(10.0, "absolute maximum length (plus --length-tolerance)", unit="s", group=CHECKS)
 
     def check(self) -> None:
         """ValueError for settings no clip could meet (the CLI turns it into a FatError)."""

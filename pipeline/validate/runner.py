@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ from pipeline.atomic import atomic_path, write_bytes_atomic, write_json_atomic
 from pipeline.datafile import LABEL_CSV_NAME, DatafileEntry, LabelSet, load_label_csv, wav_reference, write_datafile
 from pipeline.errors import FatError
 from pipeline.ids import check_split_name, split_labels
+from pipeline.settings import check_values, nested, option
 from pipeline.validate.checks import PASS, REASONS, Thresholds, Verdict, check_file
 
 log = logging.getLogger(__name__)
@@ -72,22 +73,52 @@ def source_from_datafile(path: str | Path, window_seconds: float | None = None) 
     return ClipSource(str(path), raw.ids, raw.paths, raw.label_strings, np.full(len(raw), window))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ValidateSettings:
-    split: str
-    source: ClipSource
-    labels: Path
-    out_dir: Path = Path("data/datafiles")
-    report_dir: Path = Path("data/reports")
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    workers: int = 2
-    batch_size: int = 64
-    progress: bool = False
-    absolute_paths: bool = False
-    input_path: Path | None = None  # a datafile input, which must not be overwritten
+    """One validation: the `fat validate` options (params.yaml `validate:` keys), or what `fat prepare`
+    asks for one of its splits (it passes the clips as `source`)."""
+
+    split: str = option(help="split name (names the input and output files)")
+    metadata_dir: Path = option(Path("data/metadata"),
+                                "folder of <split>.csv and class_labels_indices.csv (fat metadata's output)")
+    audio_dir: Path = option(Path("data/audio"), "audio root: clips at <audio-dir>/<split>/<ytid>.wav")
+    datafile: Path | None = option(
+        None, "check the clips of this AST datafile instead of a metadata CSV (default: none)")
+    window_seconds: float | None = option(
+        None, "with --datafile: the length every clip should have, seconds (default: none, only "
+              "--min-seconds/--max-seconds apply)")
+    labels: Path | None = option(
+        None, "label CSV (default: class_labels_indices.csv beside the metadata CSV or datafile)")
+    out_dir: Path = option(Path("data/datafiles"), "folder for the datafile and label CSV")
+    report_dir: Path = option(Path("data/reports"), "folder for the report and summary")
+    absolute_paths: bool = option(
+        False, "write absolute wav paths (default: relative to the datafile's folder, relocatable)")
+    workers: int = option(default_factory=lambda: os.cpu_count() or 1, help="worker processes (1 = in this process)",
+                          minimum=1)
+    batch_size: int = option(64, "clips per task sent to a worker", unit="clips", minimum=1)
+    progress: bool | None = option(None, "show a progress bar (default: when stderr is a terminal)")
+    thresholds: Thresholds = nested(Thresholds)
+    source: ClipSource | None = None  # the clips, when the caller has them; else read from the metadata CSV or --datafile
+
+    def clip_source(self) -> ClipSource:
+        """The clips to check: `source`, else <metadata-dir>/<split>.csv with its audio, else --datafile's."""
+        if self.source is not None:
+            return self.source
+        if self.datafile is not None:
+            return source_from_datafile(self.datafile, self.window_seconds)
+        if self.window_seconds is not None:
+            raise FatError("--window-seconds applies to --datafile input (metadata CSVs carry each clip's window)")
+        return source_from_metadata(self.metadata_dir / f"{self.split}.csv", self.audio_dir / self.split)
 
     @property
-    def datafile(self) -> Path:
+    def label_csv(self) -> Path:
+        if self.labels is not None:
+            return self.labels
+        return (self.datafile.parent if self.datafile is not None else self.metadata_dir) / LABEL_CSV_NAME
+
+    @property
+    def output(self) -> Path:
+        """The datafile written: the clips that pass."""
         return self.out_dir / f"{self.split}.json"
 
     @property
@@ -105,23 +136,23 @@ class ValidateSettings:
 
 def run_validate(settings: ValidateSettings) -> dict[str, Any]:
     """Check every clip; write the datafile, the label CSV, the rejection report and the summary."""
+    check_split_name(settings.split)  # before it names a file to read (--split ../x read <metadata-dir>/../x.csv)
     try:
         settings.thresholds.check()
     except ValueError as exc:
         raise FatError(f"thresholds: {exc}") from None
-    if settings.workers < 1 or settings.batch_size < 1:
-        raise FatError("--workers and --batch-size must be ≥ 1")
-    check_split_name(settings.split)
-    if settings.input_path is not None and _same_file(settings.input_path, settings.datafile):
-        raise FatError(f"{settings.input_path}: the input datafile would be overwritten by the output; "
+    check_values(settings)
+    if settings.datafile is not None and _same_file(settings.datafile, settings.output):
+        raise FatError(f"{settings.datafile}: the input datafile would be overwritten by the output; "
                        "choose another --out-dir or --split")
-    labels = load_label_csv(settings.labels)
-    source = settings.source
+    source = settings.clip_source()
+    labels = load_label_csv(settings.label_csv)
     counts = dict.fromkeys(REASONS, 0)
     coverage = ClassCoverage(labels)
     passed_seconds = 0.0
     started = time.perf_counter()
-    progress = _progress_bar(len(source), settings.split, settings.progress)
+    progress = _progress_bar(len(source), settings.split,
+                             sys.stderr.isatty() if settings.progress is None else settings.progress)
     verdicts = _verdicts(source, labels, settings)
 
     def accepted_entries(report: Any) -> Iterator[DatafileEntry]:
@@ -142,10 +173,10 @@ def run_validate(settings: ValidateSettings) -> dict[str, Any]:
         with atomic_path(settings.report) as report_tmp, open(report_tmp, "w", encoding="utf-8", newline="") as handle:
             report = csv.writer(handle, lineterminator="\n")
             report.writerow(REPORT_COLUMNS)
-            passed = write_datafile(settings.datafile, accepted_entries(report))
+            passed = write_datafile(settings.output, accepted_entries(report))
     finally:
         progress.close()
-    _copy_label_csv(settings.labels, settings.out_dir / LABEL_CSV_NAME)
+    _copy_label_csv(settings.label_csv, settings.out_dir / LABEL_CSV_NAME)
     coverage.write_csv(settings.class_report)
     seconds = time.perf_counter() - started
     summary = {
