@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.datafile import LABEL_CSV_NAME
+from pipeline.datafile import label_csv_beside
 from pipeline.errors import FatError
 from pipeline.settings import (
     check_values, device_option, option, paths, precision_option, resume_invariant, threads_option,
@@ -132,7 +132,7 @@ class TrainConfig:
             if value is not None and not isinstance(value, Path):
                 setattr(self, name, Path(value))
         if self.labels is None and self.train:
-            self.labels = self.train[0].parent / LABEL_CSV_NAME
+            self.labels = label_csv_beside(self.train[0])
         # "16 16 8" on the command line (or a list in params.yaml) is the text form "16,16,8".
         self.tome_r = self.tome_r if isinstance(self.tome_r, str) else ",".join(str(r) for r in self.tome_r)
         self.adam_betas = tuple(self.adam_betas)

@@ -26,7 +26,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from pipeline.atomic import atomic_path, write_bytes_atomic, write_json_atomic
-from pipeline.datafile import LABEL_CSV_NAME, DatafileEntry, LabelSet, load_label_csv, wav_reference, write_datafile
+from pipeline.datafile import (
+    LABEL_CSV_NAME, DatafileEntry, LabelSet, label_csv_beside, load_label_csv, wav_reference, write_datafile,
+)
 from pipeline.errors import FatError
 from pipeline.ids import check_split_name, split_labels
 from pipeline.settings import check_values, nested, option
@@ -114,7 +116,7 @@ class ValidateSettings:
     def label_csv(self) -> Path:
         if self.labels is not None:
             return self.labels
-        return (self.datafile.parent if self.datafile is not None else self.metadata_dir) / LABEL_CSV_NAME
+        return label_csv_beside(self.datafile) if self.datafile is not None else self.metadata_dir / LABEL_CSV_NAME
 
     @property
     def output(self) -> Path:
