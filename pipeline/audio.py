@@ -6,12 +6,14 @@ WAV/FLAC/OGG are read with soundfile (fast, no subprocess); anything else ffmpeg
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from pipeline.atomic import atomic_path
 from pipeline.errors import FatError
 from pipeline.ffmpeg import ffmpeg_binary
 from pipeline.ids import subprocess_path
@@ -72,8 +74,6 @@ def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
 
 def _stream_format(ffmpeg_stderr: str) -> tuple[int | None, int]:
     """Sample rate and channel count of the first audio stream from ffmpeg's banner."""
-    import re
-
     for line in ffmpeg_stderr.splitlines():
         if "Audio:" not in line:
             continue
@@ -88,8 +88,6 @@ def _stream_format(ffmpeg_stderr: str) -> tuple[int | None, int]:
 
 def _channels_from_layout(layout: str) -> int:
     """ffmpeg's layout name → channel count ("5.1(side)" = 5 + 1); unknown names → 2 (ffmpeg mixes to it)."""
-    import re
-
     named = {"mono": 1, "stereo": 2, "downmix": 2, "quad": 4, "hexagonal": 6, "octagonal": 8}
     if layout in named:
         return named[layout]
@@ -108,6 +106,8 @@ def resample(audio: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     """Band-limited (sinc) resampling along the first axis with torchaudio's functional kernel."""
     if orig_rate == new_rate:
         return audio
+    # torch is imported here, not at the top: `fat validate`'s workers decode audio with this
+    # module and never resample, and should not pay torch's import time and memory.
     import torch
 
     from student.torchaudio_ops import resample as sinc_resample
@@ -126,7 +126,5 @@ def fit_length(audio: np.ndarray, length: int) -> np.ndarray:
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
     """Write 16-bit PCM WAV atomically (temp name + rename)."""
-    from pipeline.atomic import atomic_path
-
     with atomic_path(path) as tmp:
         sf.write(str(tmp), audio, sample_rate, subtype="PCM_16", format="WAV")

@@ -17,6 +17,8 @@ from torch import nn
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import FatError
+from student import create_ast
+from student.errors import StudentError
 
 FORMAT = "fat-student/1"
 MODEL_KEYS = ("size", "num_classes", "input_fdim", "input_tdim", "fstride", "tstride")
@@ -70,9 +72,6 @@ def load_student(path: str | Path, map_location: str | torch.device = "cpu") -> 
 
     The r used in training is config["tome_r"]; apply any r with student.tome.set_tome_r.
     """
-    from student import create_ast
-    from student.errors import StudentError
-
     payload = read_student_file(path, map_location)
     config = payload["config"]
     try:

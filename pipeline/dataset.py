@@ -25,8 +25,11 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from pipeline.audio import read_audio, resample
 from pipeline.datafile import ClipList, LabelSet
 from pipeline.errors import FatError
+from pipeline.store import LogitsStore
+from student.features import kaldi_fbank, normalize, spec_augment
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +57,6 @@ def load_teacher_table(store_path: str | Path, clips: ClipList, label_set: Label
     Checks that the store belongs to the same label set (class count and, when recorded, the
     label CSV's sha256). The rows are read once, in blocks, into one shared-memory tensor.
     """
-    from pipeline.store import LogitsStore
-
     if missing not in MISSING_TEACHER_POLICIES:
         raise FatError(f"--missing-teacher must be one of {', '.join(MISSING_TEACHER_POLICIES)}, got {missing!r}")
     store = LogitsStore(store_path, allow_incomplete=(missing == "mask"))
@@ -170,8 +171,6 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def load_wave(self, index: int) -> tuple[torch.Tensor, int]:
         """The clip as a mono waveform at its file's own rate (resampled once, after any mixing)."""
-        from pipeline.audio import read_audio
-
         path = self.clips.paths[index]
         try:
             audio, rate = read_audio(path)
@@ -182,8 +181,6 @@ class ClipDataset(torch.utils.data.Dataset):
         return torch.from_numpy(audio), rate
 
     def fbank(self, wave: torch.Tensor, augment: Augment, rng: np.random.Generator) -> torch.Tensor:
-        from student.features import kaldi_fbank, normalize, spec_augment
-
         features = self.features
         fbank = kaldi_fbank(wave, features.target_frames, features.num_mel_bins)
         if augment.freqm or augment.timem:
@@ -212,8 +209,6 @@ class ClipDataset(torch.utils.data.Dataset):
 
 def resample_wave(wave: torch.Tensor, rate: int, new_rate: int) -> torch.Tensor:
     """Band-limited resampling (pipeline.audio's), then the mean removed (AST centres every waveform)."""
-    from pipeline.audio import resample
-
     if rate != new_rate:
         wave = torch.from_numpy(np.ascontiguousarray(resample(wave.numpy(), rate, new_rate)))
     return wave - wave.mean()

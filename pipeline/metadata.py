@@ -12,12 +12,15 @@ import csv
 import heapq
 import io
 import math
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.atomic import write_bytes_atomic, write_text_atomic
+import numpy as np
+
+from pipeline.atomic import atomic_path, write_bytes_atomic, write_text_atomic
 from pipeline.datafile.labels import LABEL_CSV_NAME, LabelSet, load_label_csv
 from pipeline.errors import FatError
 from pipeline.ids import YTID_PATTERN, is_valid_ytid, split_labels
@@ -72,7 +75,6 @@ def parse_segments_csv(
     only comments, every row skipped) is a FatError unless `allow_empty`: a truncated download
     would otherwise become a split of 0 clips that every later stage accepts.
     """
-    import numpy as np
     import pandas as pd
 
     path = Path(path)
@@ -202,7 +204,6 @@ def read_metadata_csv(path: str | Path) -> pd.DataFrame:
     positive_labels (str, comma-joined MIDs), in file order. Checks the header, the ids
     (valid and unique), and the windows; a FatError names the file and line of the first problem.
     """
-    import numpy as np
     import pandas as pd
 
     path = Path(path)
@@ -292,8 +293,6 @@ def balanced_subset(frame: pd.DataFrame, size: int, seed: int = 0) -> pd.DataFra
     for all their classes, so frequent classes fill up by themselves; rare classes get every
     clip they have. The result keeps the input order and is deterministic for a given seed.
     """
-    import numpy as np
-
     if size < 0:
         raise FatError(f"--balanced-subset must be ≥ 0, got {size}")
     if size >= len(frame):
@@ -332,7 +331,6 @@ def balanced_subset(frame: pd.DataFrame, size: int, seed: int = 0) -> pd.DataFra
 
 def class_counts(frame: pd.DataFrame, mids: Sequence[str] | None = None) -> pd.Series:
     """Number of clips per MID (all MIDs of `mids` included, with 0 where absent)."""
-    import numpy as np
     import pandas as pd
 
     counts: dict[str, int] = dict.fromkeys(mids, 0) if mids is not None else {}
@@ -363,11 +361,8 @@ def fetch_raw_file(name: str, raw_dir: str | Path, base_url: str = OFFICIAL_BASE
     Returns the local path. Network problems become a FatError naming the URL and suggesting
     `--source` (the way to run offline).
     """
-    import shutil
-    import urllib.error
+    import urllib.error  # here, not at the top: urllib.request loads ssl and http, and `fat --help` reads this module
     import urllib.request
-
-    from pipeline.atomic import atomic_path
 
     target = Path(raw_dir) / name
     if target.is_file() and target.stat().st_size > 0:

@@ -11,19 +11,18 @@ import math
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
+from pipeline.audio import read_audio
+from pipeline.datafile import ClipList
 from pipeline.errors import FatError
+from student import StudentError
+from student.features import SAMPLE_RATE, kaldi_fbank
 
 
-def fbank_stats(datafile: Any, frames: int | None = 1024, limit: int | None = None, seed: int = 0,
+def fbank_stats(datafile: ClipList, frames: int | None = 1024, limit: int | None = None, seed: int = 0,
                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """{"mean", "std", "clips", "frames_per_clip", "cells"} over the datafile's clips (or a random `limit` of them)."""
-    import torch
-
-    from pipeline.audio import read_audio
-    from student import StudentError
-    from student.features import SAMPLE_RATE, kaldi_fbank
-
     indices = np.arange(len(datafile))
     if limit is not None and limit < len(indices):
         indices = np.sort(np.random.default_rng(seed).choice(indices, size=limit, replace=False))

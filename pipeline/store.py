@@ -41,7 +41,7 @@ def _plain(value: Any) -> Any:
 
 
 def _open_h5(path: Path):
-    import h5py
+    import h5py  # where used, not at the top: `fat --help` imports this module (STORE_DTYPES), not h5py
 
     try:
         return h5py.File(path, "r", locking=False)

@@ -16,6 +16,7 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 from timm.layers import trunc_normal_
+from timm.models import checkpoint_seq
 from timm.models.deit import VisionTransformerDistilled
 
 from student import tome as tome_lib
@@ -145,8 +146,6 @@ class ASTModel(nn.Module):
         """Run the blocks: the plain timm path when r is zero everywhere, else ToMe blocks."""
         if not any(self.tome_r):
             if self.v.grad_checkpointing and self.training and not torch.jit.is_scripting():
-                from timm.models import checkpoint_seq
-
                 return checkpoint_seq(self.v.blocks, x), None
             return self.v.blocks(x), None
         state = tome_lib.MergeState.start(x, trace=trace)

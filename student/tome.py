@@ -15,6 +15,8 @@ from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
+from timm.layers import Attention
+from timm.models.vision_transformer import Block
 from torch import nn
 
 from student.errors import StudentError
@@ -253,9 +255,6 @@ def _blocks(model: nn.Module) -> nn.Sequential:
 
 def _check_block(block: nn.Module) -> None:
     """ToMe needs timm's standard pre-norm Block and Attention (not parallel or post-norm variants)."""
-    from timm.layers import Attention
-    from timm.models.vision_transformer import Block
-
     if type(block) is not Block or not isinstance(block.attn, Attention):
         raise StudentError(f"token merging supports timm's standard Block/Attention, got {type(block).__name__}")
 
