@@ -437,17 +437,19 @@ def measure_dvc(repo: Path) -> dict:
     base = figures["tiny"]
     for what in ("commit", "status"):
         wav = figures["wav"][what]
+        beyond = ", ".join(f"{stage} {figures[stage][what] - base[what]:.2f} s" for stage in folders)
         print(f"{what}: WAV / packed FLAC = {wav / figures['packed'][what]:.2f}×, WAV / packed Vorbis = "
-              f"{wav / figures['vorbis'][what]:.2f}×; beyond DVC's start-up (the one-file stage's {base[what]:.2f} s): "
-              + ", ".join(f"{stage} {figures[stage][what] - base[what]:.2f} s" for stage in folders))
+              f"{wav / figures['vorbis'][what]:.2f}×; beyond DVC's start-up (the one-file stage's "
+              f"{base[what]:.2f} s): {beyond}")
     wav_clips = figures["wav"]["files"]
     per_file = {what: max(figures["wav"][what] - base[what], 0.0) / wav_clips for what in ("commit", "status")}
     per_byte = max(figures["packed"]["commit"] - base["commit"], 0.0) / figures["packed"]["bytes"]
     full_packed_bytes = AUDIOSET_CLIPS * figures["packed"]["bytes"] / wav_clips
     print(f"extrapolated to {AUDIOSET_CLIPS / 1e6:.2f} M clips: WAV first commit ≈ "
-          f"{AUDIOSET_CLIPS * per_file['commit'] / 3600:.1f} h, status ≈ {AUDIOSET_CLIPS * per_file['status'] / 60:.0f} "
-          f"min; packed ({full_packed_bytes / 1e12:.2f} TB) first commit ≈ {full_packed_bytes * per_byte / 3600:.1f} h "
-          "at this run's rate, status ≈ DVC's start-up (a few hundred files)")
+          f"{AUDIOSET_CLIPS * per_file['commit'] / 3600:.1f} h, status ≈ "
+          f"{AUDIOSET_CLIPS * per_file['status'] / 60:.0f} min; packed FLAC ({full_packed_bytes / 1e12:.2f} TB) "
+          f"first commit ≈ {full_packed_bytes * per_byte / 3600:.1f} h at this run's rate, status ≈ DVC's start-up "
+          "(a few hundred files)")
     return figures
 
 
