@@ -1,24 +1,78 @@
 """Throughput of an AST at several merge rates, measured the same way for every setting.
 
-Settings are timed round-robin (one batch each per round, the order rotated every round, median
-over rounds), so that load from other work on a shared machine hits every setting alike and the
-ratios stay fair. The "timm" row runs timm's own `VisionTransformer.forward_features` on the
-same weights: the baseline that token merging has to beat.
+`time_settings` is the one timer (`fat bench student` and `fat evaluate` both use it): settings
+are timed round-robin (each runs its batches once per round, the order rotated every round, the
+device synchronised around each measurement, median over rounds), so that load from other work
+on a shared machine hits every setting alike and the ratios stay fair. The "timm" row of `sweep`
+runs timm's own `VisionTransformer.forward_features` on the same weights: the baseline that
+token merging has to beat.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from student.ast import ASTModel
 from student.flops import analytic_gflops
 from student.tome import RSpec, format_r_spec, set_tome_r, tokens_per_layer
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One thing to time: `run` does one batch; `prepare` (untimed) switches the model to this setting."""
+
+    name: str
+    run: Callable[[], object]
+    prepare: Callable[[], object] = lambda: None
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Medians over the timed rounds of one setting's measurement (`steps` batches in a row)."""
+
+    seconds: float  # wall-clock seconds
+    cpu_seconds: float  # CPU seconds of this process: robust to other load on a shared CPU
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_settings(settings: Sequence[Setting], device: torch.device | str, rounds: int = 3, warmup: int = 1,
+                  steps: int = 1, progress: Callable[[str], None] | None = None) -> dict[str, Timing]:
+    """Time every setting: `warmup` untimed rounds, then `rounds` timed ones.
+
+    In each round every setting runs `steps` batches in a row between two device
+    synchronisations; the order of the settings rotates from round to round, so no setting always
+    runs first (after another's caches, or while the machine is busy elsewhere). The caller
+    chooses the context (inference mode, autocast) around this call.
+    """
+    device = torch.device(device)
+    wall: dict[str, list[float]] = {s.name: [] for s in settings}
+    cpu: dict[str, list[float]] = {s.name: [] for s in settings}
+    for round_index in range(warmup + rounds):
+        shift = round_index % len(settings)  # rotate the order: no setting always runs first
+        for setting in list(settings[shift:]) + list(settings[:shift]):
+            setting.prepare()
+            _synchronize(device)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                setting.run()
+            _synchronize(device)
+            if round_index >= warmup:
+                wall[setting.name].append(time.perf_counter() - start)
+                cpu[setting.name].append(time.process_time() - cpu_start)
+        if progress:
+            progress(f"round {round_index + 1}/{warmup + rounds} done")
+    return {name: Timing(statistics.median(wall[name]), statistics.median(cpu[name])) for name in wall}
+
 
 @dataclass
 class Row:
@@ -37,11 +91,6 @@ def timm_forward(model: ASTModel, x: torch.Tensor) -> torch.Tensor:
     return model.mlp_head((tokens[:, 0] + tokens[:, 1]) / 2)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def sweep(model: ASTModel, rs: list[RSpec], batch: int = 8, rounds: int = 3, warmup: int = 1,
           autocast: Callable[[], AbstractContextManager] = nullcontext, include_timm: bool = True, seed: int = 0,
           progress: Callable[[str], None] | None = None) -> list[Row]:
@@ -55,35 +104,22 @@ def sweep(model: ASTModel, rs: list[RSpec], batch: int = 8, rounds: int = 3, war
     saved = (list(model.tome_r), model.training)
     model.eval()
 
-    settings: list[tuple[str, RSpec | None]] = [("timm", None)] if include_timm else []
-    settings += [(f"r={format_r_spec(r)}", r) for r in rs]
-    times: dict[str, list[float]] = {name: [] for name, _ in settings}
-    cpu_times: dict[str, list[float]] = {name: [] for name, _ in settings}
+    chosen: list[tuple[str, RSpec | None]] = [("timm", None)] if include_timm else []
+    chosen += [(f"r={format_r_spec(r)}", r) for r in rs]
+    settings = [Setting("timm", lambda: timm_forward(model, x)) if r is None
+                else Setting(name, lambda: model(x), lambda r=r: set_tome_r(model, r)) for name, r in chosen]
     try:
         with torch.inference_mode(), autocast():
-            for round_index in range(warmup + rounds):
-                shift = round_index % len(settings)  # rotate the order: no setting always runs first
-                for name, r in settings[shift:] + settings[:shift]:
-                    if r is not None:
-                        set_tome_r(model, r)
-                    _synchronize(device)
-                    start, cpu_start = time.perf_counter(), time.process_time()
-                    (timm_forward(model, x) if r is None else model(x))
-                    _synchronize(device)
-                    if round_index >= warmup:
-                        times[name].append(time.perf_counter() - start)
-                        cpu_times[name].append(time.process_time() - cpu_start)
-                if progress:
-                    progress(f"round {round_index + 1}/{warmup + rounds} done")
+            timings = time_settings(settings, device, rounds=rounds, warmup=warmup, progress=progress)
     finally:
         model.tome_r = saved[0]
         model.train(saved[1])
 
     rows = []
-    for name, r in settings:
-        seconds = statistics.median(times[name])
+    for name, r in chosen:
+        timing = timings[name]
         effective_r = 0 if r is None else r
-        rows.append(Row(name, r, seconds, batch / seconds, statistics.median(cpu_times[name]),
+        rows.append(Row(name, r, timing.seconds, batch / timing.seconds, timing.cpu_seconds,
                         analytic_gflops(model, effective_r),
                         tokens_per_layer(model, effective_r)[-1]))
     return rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from pipeline.audio import write_wav
 from pipeline.cli import main
 from student import create_ast
+from student.benchmark import Setting, time_settings
 from student.features import kaldi_fbank
 from student.tome import tokens_per_layer
 
@@ -39,6 +41,33 @@ def test_bench_student_times_every_r_and_the_plain_model(tmp_path: Path, capsys)
                       "r=3:-1": tokens_per_layer(model, (3, -1.0))[-1]}
     assert all(row["clips_per_s"] > 0 and row["gflops_per_clip"] > 0 for row in result["rows"])
     assert result["model"]["size"] == "tiny224"
+
+
+
+def test_one_timer_rotates_the_settings_and_keeps_each_ones_median_round() -> None:
+    """`time_settings` (used by fat bench student and fat evaluate): warm-up rounds are not timed,
+    every round starts with another setting, each measurement is `steps` batches after the
+    setting's own untimed preparation, and a setting's figure is the median of its rounds."""
+    events: list[str] = []
+    calls = dict.fromkeys("abc", 0)
+
+    def step(name: str):
+        def run() -> None:
+            events.append(name)
+            calls[name] += 1
+            if name == "a" and calls[name] in (3, 4):  # the first timed round of "a" is slow
+                time.sleep(0.05)
+
+        return run
+
+    settings = [Setting(name, step(name), lambda name=name: events.append(f"prepare {name}")) for name in "abc"]
+    timings = time_settings(settings, "cpu", rounds=3, warmup=1, steps=2)
+    rounds = [events[i:i + 9] for i in range(0, len(events), 9)]
+    assert len(rounds) == 4 and [r[0] for r in rounds] == ["prepare a", "prepare b", "prepare c", "prepare a"]
+    assert rounds[1] == ["prepare b", "b", "b", "prepare c", "c", "c", "prepare a", "a", "a"]
+    assert set(timings) == {"a", "b", "c"} and all(count == 8 for count in calls.values())
+    assert timings["a"].seconds < 0.05  # the slow round is not the median
+    assert all(t.seconds >= 0 and t.cpu_seconds >= 0 for t in timings.values())
 
 
 @pytest.mark.parametrize("argv,message", [
