@@ -45,6 +45,15 @@ def multilabel_metrics(targets: np.ndarray, scores: np.ndarray) -> dict[str, flo
     }
 
 
+def score(targets: np.ndarray, scores: np.ndarray, multi_label: bool, with_accuracy: bool | None = None) -> dict[str, float]:
+    """The figures AST reports: mAP, mAUC, d' (and the classes they average over); top-1 accuracy
+    too for single-label tasks, or when asked for (`with_accuracy`; default: not multi_label)."""
+    result = multilabel_metrics(targets, scores)
+    if (not multi_label) if with_accuracy is None else with_accuracy:
+        result.update(accuracy(targets, scores))
+    return result
+
+
 def accuracy(targets: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """Top-1 accuracy for single-label tasks; targets are class indices (N,) or one-hot (N, C)."""
     targets = np.asarray(targets)

@@ -5,7 +5,7 @@
     result = train(TrainConfig(train=..., valid=..., out=..., teacher=...))
 
 Modules: config (the settings, which are also the `fat train` options), loop (the run), schedule
-(warm-up + step decay), averaging (weight averaging), validation (per-epoch scoring), logs (CSV +
+(warm-up + step decay), averaging (weight averaging), scoring (per-epoch validation scores), logs (CSV +
 DVCLive), state (resume). Device, precision and torchrun: pipeline.runtime. This package file
 imports nothing, so that the CLI can read TrainConfig without loading torch.
 """

@@ -24,8 +24,8 @@ from pipeline.training.averaging import WeightAverager
 from pipeline.training.config import RESUME_INVARIANT, TrainConfig, saved_config
 from pipeline.training.logs import RunLog
 from pipeline.training.schedule import LRSchedule
+from pipeline.training.scoring import validate, validation_loader
 from pipeline.training.state import STATE_NAME, check_compatible, check_same_data, load_state, rng_state, save_state, set_rng_state
-from pipeline.training.validation import validate, validation_loader
 from pipeline.workers import ignore_sigterm, killed_on_error
 
 log = logging.getLogger(__name__)

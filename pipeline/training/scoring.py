@@ -1,4 +1,5 @@
-"""Validation over all ranks: each rank predicts its shard, rank 0 joins them and scores every clip once."""
+"""Per-epoch scoring over all ranks: each rank predicts its shard of the validation clips, rank 0
+joins them and scores every clip once (loss + `pipeline.metrics.score`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from pipeline import runtime
 from pipeline.dataset import ClipDataset
+from pipeline.metrics import score
 from pipeline.runtime import Precision
 from pipeline.sampling import ShardSampler
 
@@ -56,22 +58,13 @@ def gather_predictions(context: runtime.Context, indices: np.ndarray, logits: np
     return ordered
 
 
-def score(logits: np.ndarray, targets: np.ndarray, multi_label: bool, with_accuracy: bool | None = None) -> dict[str, float]:
-    """Validation loss and metrics, as AST reports them (mAP, mAUC, d'; top-1 accuracy for single-label
-    tasks, or when asked for: `with_accuracy`, default = not multi_label)."""
-    from pipeline.metrics import accuracy, multilabel_metrics
-
+def validation_loss(targets: np.ndarray, logits: np.ndarray, multi_label: bool) -> float:
+    """The training loss's label term on the validation clips: BCE, or cross-entropy for single-label tasks."""
     z = torch.from_numpy(logits).double()
     y = torch.from_numpy(targets).double()
     if multi_label:
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y).item()
-    else:
-        loss = torch.nn.functional.cross_entropy(z, y.argmax(dim=1)).item()
-    ranking = multilabel_metrics(targets, logits)
-    metrics = {"loss": loss, "mAP": ranking["mAP"], "mAUC": ranking["mAUC"], "d_prime": ranking["d_prime"]}
-    if (not multi_label) if with_accuracy is None else with_accuracy:
-        metrics["accuracy"] = accuracy(targets, logits)["accuracy"]
-    return metrics
+        return torch.nn.functional.binary_cross_entropy_with_logits(z, y).item()
+    return torch.nn.functional.cross_entropy(z, y.argmax(dim=1)).item()
 
 
 def validate(model: nn.Module, loader: DataLoader, dataset: ClipDataset, context: runtime.Context,
@@ -82,6 +75,8 @@ def validate(model: nn.Module, loader: DataLoader, dataset: ClipDataset, context
     if ordered is None:
         return {}
     targets = dataset.clips.targets()
-    metrics = score(ordered, targets, multi_label, with_accuracy)
+    scores = score(targets, ordered, multi_label, with_accuracy)
+    metrics = {"loss": validation_loss(targets, ordered, multi_label),
+               **{key: scores[key] for key in ("mAP", "mAUC", "d_prime", "accuracy") if key in scores}}
     metrics["clips"] = float(len(dataset))
     return metrics
