@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from pipeline.atomic import atomic_path
@@ -26,10 +27,8 @@ from pipeline.store import _plain
 PER_CLIP_DTYPES = {"sample_rate": np.int32, "num_samples": np.int64, "channels": np.int16, "crc32": np.uint32}
 
 
-def open_shard(path: Path):
+def open_shard(path: Path) -> h5py.File:
     """A read-only h5py handle; a FatError naming the shard when HDF5 cannot open it (truncated, not HDF5)."""
-    import h5py
-
     try:
         return h5py.File(path, "r", locking=False)
     except OSError as exc:
@@ -51,8 +50,6 @@ def write_shard(final: Path, ids: Sequence[str], clips: Iterable[EncodedClip], a
     Returns the shard's totals (`bytes` of encoded audio, `source_bytes`, `sample_rates`), which
     are also among its attributes.
     """
-    import h5py
-
     count = len(ids)
     offsets = np.zeros(count + 1, dtype=np.int64)
     columns = {name: np.zeros(count, dtype=PER_CLIP_DTYPES[name]) for name in PER_CLIP}
