@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.atomic import atomic_path
+from pipeline.dataset import Features
 from pipeline.errors import FatError
 from student import create_ast
 from student.errors import StudentError
@@ -65,6 +66,24 @@ def read_student_file(path: str | Path, map_location: str | torch.device = "cpu"
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise FatError(f"{path}: not a fat student checkpoint (format {found!r}, expected {FORMAT!r})")
     return payload
+
+
+def student_features(config: dict[str, Any], norm: tuple[float, float] | None = None) -> Features:
+    """How a clip becomes this student's input, as its file records it: frames, mel bins and the
+    fbank mean/std it was trained with. The one reader of these keys (evaluate, predict, merges).
+
+    `norm` stands in for a file that records no normalisation (a released AST checkpoint);
+    without it such a file is an error.
+    """
+    frames = int(config.get("target_frames", config["input_tdim"]))
+    bins = int(config.get("num_mel_bins", config.get("input_fdim", 128)))
+    if "norm_mean" in config and "norm_std" in config:
+        mean, std = float(config["norm_mean"]), float(config["norm_std"])
+    elif norm is not None:
+        mean, std = norm
+    else:
+        raise FatError("the student checkpoint does not record its fbank normalisation (norm_mean / norm_std)")
+    return Features(target_frames=frames, num_mel_bins=bins, mean=mean, std=std)
 
 
 def load_student(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

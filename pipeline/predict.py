@@ -84,25 +84,24 @@ class StudentTagger:
     """A `fat train` student: 16 kHz Kaldi fbank of the trained frame count, AST forward."""
 
     def __init__(self, path: Path, device: torch.device, precision: Precision) -> None:
-        from pipeline.checkpoint import load_student
+        from pipeline.checkpoint import load_student, student_features
 
         self.model, self.config = load_student(path, map_location=device)
         self.path, self.device, self.precision = path, device, precision
         self.name = f"student:{path.name}"
         self.sample_rate = 16000
-        self.frames = int(self.config.get("target_frames", self.config["input_tdim"]))
-        self.window_seconds = self.frames / 100.0  # 10 ms frame shift
+        self.features = student_features(self.config)
+        self.window_seconds = self.features.target_frames / 100.0  # 10 ms frame shift
         self.num_classes = int(self.config["num_classes"])
         self.multi_label = bool(self.config.get("multi_label", True))
-        self.mean, self.std = float(self.config["norm_mean"]), float(self.config["norm_std"])
 
     def logits(self, windows: np.ndarray) -> np.ndarray:
         import torch
 
         from student.features import kaldi_fbank, normalize
 
-        bins = int(self.config.get("num_mel_bins", self.config.get("input_fdim", 128)))
-        fbanks = torch.stack([normalize(kaldi_fbank(torch.from_numpy(w), self.frames, bins), self.mean, self.std)
+        f = self.features
+        fbanks = torch.stack([normalize(kaldi_fbank(torch.from_numpy(w), f.target_frames, f.num_mel_bins), f.mean, f.std)
                               for w in windows]).to(self.device)
         with torch.inference_mode(), self.precision.autocast():
             return self.model(fbanks).float().cpu().numpy()

@@ -43,6 +43,7 @@ def run(namespace: argparse.Namespace) -> int:
 
     from pipeline.atomic import atomic_path
     from pipeline.audio import read_audio
+    from pipeline.checkpoint import student_features
     from pipeline.errors import FatError
     from student import StudentError
     from student.features import NORM_STATS, SAMPLE_RATE, normalize, wave_to_fbank
@@ -58,15 +59,13 @@ def run(namespace: argparse.Namespace) -> int:
     model, config = build_model(args.model)
     wave, _ = read_audio(args.audio, SAMPLE_RATE)
     wave = wave[int(args.start * SAMPLE_RATE):]
-    mean, std = config.get("norm_mean"), config.get("norm_std")
-    if mean is None or std is None:
-        mean, std = NORM_STATS[args.norm]
+    features = student_features(config, norm=NORM_STATS[args.norm])
     try:
         r = set_tome_r(model, parse_r_spec(args.r))
-        fbank = wave_to_fbank(torch.from_numpy(wave), SAMPLE_RATE, target_frames=model.input_tdim,
-                              num_mel_bins=model.input_fdim)
+        fbank = wave_to_fbank(torch.from_numpy(wave), SAMPLE_RATE, target_frames=features.target_frames,
+                              num_mel_bins=features.num_mel_bins)
         with torch.inference_mode():
-            _, state = model.forward_traced(normalize(fbank, mean, std)[None])
+            _, state = model.forward_traced(normalize(fbank, features.mean, features.std)[None])
     except StudentError as exc:
         raise FatError(f"{args.audio}: {exc}") from None
     if state is None:
