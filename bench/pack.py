@@ -45,7 +45,7 @@ from scipy.signal import lfilter
 
 from bench.dvc_hash import dvc
 from pipeline.audio import read_audio, write_wav
-from pipeline.packed import PackedAudio
+from pipeline.packed.reader import PackedAudio
 
 RATE = 32000
 SECONDS = 10.0

@@ -29,7 +29,7 @@ from pipeline.cli import main
 from pipeline.clip_audio import open_clip_audio
 from pipeline.datafile import load_datafile
 from pipeline.errors import FatError
-from pipeline.packed import PackedAudio
+from pipeline.packed.reader import PackedAudio
 from pipeline.packed.codecs import normalise_ogg_serial
 from pipeline.packed.format import CHUNK_BYTES
 
@@ -168,6 +168,14 @@ def test_a_rerun_keeps_finished_shards_and_rewrites_nothing(corpus, flac_store, 
     assert "2 kept, 0 written" in capsys.readouterr().out
     after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in flac_store.iterdir()}
     assert after == before
+
+
+def test_params_yaml_spelling_of_the_options_packs_the_same_store(corpus, flac_store, tmp_path):
+    out = tmp_path / "dvc"  # dvc.yaml passes the params.yaml `pack:` section as --snake_case options
+    assert main(["pack", "--datafile", str(corpus), "--out_dir", str(out), "--shard_clips", "4", "--workers", "1",
+                 "--flac_level", "8", "--no-overwrite"]) == 0
+    for path in shard_files(flac_store):
+        assert (out / path.name).read_bytes() == path.read_bytes()
 
 
 # -- crash safety and failures -------------------------------------------------------------

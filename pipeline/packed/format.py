@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import FatError
+from pipeline.settings import check_values, option
 
 FORMAT = "fat-packed/1"
 INDEX_NAME = "index.json"
@@ -41,25 +42,24 @@ def shard_name(index: int, count: int) -> str:
     return f"shard-{index:05d}-of-{count:05d}.h5"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CodecSettings:
-    """What decides a clip's encoded bytes: the codec and its one quality knob.
+    """What decides a clip's encoded bytes: the codec and its one quality knob (`fat pack` options).
 
-    `level` is FLAC's compression level 0..8 (flac's -0..-8), `quality` Vorbis' quality on
-    oggenc's scale -1..10. libsndfile takes both as one number in [0, 1].
+    libsndfile takes both knobs as one number in [0, 1] (`compression_level`).
     """
 
-    codec: str = "flac"
-    level: int = DEFAULT_FLAC_LEVEL
-    quality: float = DEFAULT_VORBIS_QUALITY
+    codec: str = option("flac", "flac: lossless, the source's samples exactly; vorbis: about 0.3 of FLAC's bytes, "
+                                "not bit-exact", choices=CODECS, group="codec")
+    flac_level: int = option(DEFAULT_FLAC_LEVEL, "FLAC compression level (flac -0 … -8)", choices=tuple(range(9)),
+                             group="codec")
+    vorbis_quality: float = option(DEFAULT_VORBIS_QUALITY, "Vorbis quality on oggenc's -q scale, -1 … 10",
+                                   minimum=-1.0, group="codec")
 
     def check(self) -> CodecSettings:
-        if self.codec not in CODECS:
-            raise FatError(f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
-        if self.codec == "flac" and not 0 <= self.level <= 8:
-            raise FatError(f"--flac-level must be 0..8, got {self.level}")
-        if self.codec == "vorbis" and not -1.0 <= self.quality <= 10.0:
-            raise FatError(f"--vorbis-quality must be -1..10, got {self.quality}")
+        check_values(self)
+        if self.vorbis_quality > 10.0:
+            raise FatError(f"--vorbis-quality must be ≤ 10, got {self.vorbis_quality}")
         return self
 
     @property
@@ -69,19 +69,19 @@ class CodecSettings:
     @property
     def compression_level(self) -> float:
         """libsndfile's SFC_SET_COMPRESSION_LEVEL value: FLAC level / 8; Vorbis 1 − quality / 10."""
-        return self.level / 8.0 if self.codec == "flac" else 1.0 - self.quality / 10.0
+        return self.flac_level / 8.0 if self.codec == "flac" else 1.0 - self.vorbis_quality / 10.0
 
     def as_dict(self) -> dict[str, Any]:
         """Only the knob of the chosen codec: the other one does not change a byte."""
-        return {"codec": "flac", "level": self.level} if self.codec == "flac" else \
-            {"codec": "vorbis", "quality": self.quality}
+        return {"codec": "flac", "level": self.flac_level} if self.codec == "flac" else \
+            {"codec": "vorbis", "quality": self.vorbis_quality}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CodecSettings:
         codec = str(data.get("codec", ""))
         if codec == "flac":
-            return cls("flac", level=int(data.get("level", DEFAULT_FLAC_LEVEL)))
-        return cls(codec, quality=float(data.get("quality", DEFAULT_VORBIS_QUALITY)))
+            return cls(codec="flac", flac_level=int(data.get("level", DEFAULT_FLAC_LEVEL)))
+        return cls(codec=codec, vorbis_quality=float(data.get("quality", DEFAULT_VORBIS_QUALITY)))
 
 
 def identity(datafile_sha256: str, codec: CodecSettings, shard_clips: int, clips: int) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,34 +35,12 @@ from pipeline.atomic import is_temp_path, write_json_atomic
 from pipeline.datafile import LABEL_CSV_NAME, file_sha256, load_datafile
 from pipeline.errors import FatError
 from pipeline.packed.codecs import EncodedClip, encode_batch
-from pipeline.packed.format import FORMAT, INDEX_NAME, SHARD_NAME, CodecSettings, identity, identity_sha256, \
-    shard_count, shard_name
+from pipeline.packed.format import FORMAT, INDEX_NAME, SHARD_NAME, identity, identity_sha256, shard_count, shard_name
 from pipeline.packed.pool import ordered_map
+from pipeline.packed.settings import PackSettings
 from pipeline.packed.shard import check_shard_bytes, shard_attrs, write_shard
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SHARD_CLIPS = 10000  # ≈ 3.5 GB of FLAC for 10-s AudioSet clips: ~175 files for the full set
-
-
-@dataclass
-class PackSettings:
-    datafile: Path
-    out_dir: Path
-    codec: CodecSettings = field(default_factory=CodecSettings)
-    shard_clips: int = DEFAULT_SHARD_CLIPS
-    workers: int = 2
-    batch_size: int = 8
-    labels: Path | None = None  # label CSV, for provenance; default: the one beside the datafile, if any
-    overwrite: bool = False
-    verify_existing: bool = False
-    summary: Path | None = None
-    progress_every: float = 30.0
-
-    def check(self) -> None:
-        self.codec.check()
-        if self.shard_clips < 1 or self.workers < 1 or self.batch_size < 1:
-            raise FatError("--shard-clips, --workers and --batch-size must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -111,7 +89,7 @@ def run_pack(settings: PackSettings) -> PackOutcome:
     ident = identity(datafile_sha, settings.codec, settings.shard_clips, len(data))
     ident_sha = identity_sha256(ident)
     plans = plan_shards(len(data), settings.shard_clips)
-    out = settings.out_dir
+    out = settings.folder
     out.mkdir(parents=True, exist_ok=True)
     with _exclusive(out):
         _remove_leftovers(out)
@@ -255,7 +233,7 @@ def _write_shards(settings: PackSettings, data: Any, todo: list[ShardPlan],
             per_shard = sum(1 for index, _ in batches if index == plan.index)
             attrs = {**provenance, "shard": plan.index, "shards": plan.count, "first": plan.start}
             ids = [str(i) for i in data.ids[plan.start:plan.stop]]
-            totals = write_shard(settings.out_dir / plan.name, ids,
+            totals = write_shard(settings.folder / plan.name, ids,
                                  progress.count(itertools.islice(results, per_shard)), attrs)
             done[plan.name] = {**attrs, **totals, "clips": len(ids)}
             log.info("%s: %d clips, %.1f MB (%.3f of the source); %.1f clips/s so far", plan.name, len(ids),
