@@ -190,7 +190,7 @@ def test_report_rendering_handles_undefined_metrics() -> None:
 
 
 def test_undefined_norm_is_an_error() -> None:
-    from pipeline.evaluate import norm_from_config
+    from pipeline.checkpoint import student_features
 
     with pytest.raises(FatError, match="normalisation"):
-        norm_from_config({"input_tdim": 64})
+        student_features({"input_tdim": 64})

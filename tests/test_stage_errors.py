@@ -46,7 +46,7 @@ CASES = {
     "logits-worker": Case("logits", "pipeline.logits.compute:collate_waves", "worker", after=1),
     "logits-main": Case("logits", "pipeline.logits.compute:ensemble_logits", "main", after=1),
     "evaluate-worker": Case("evaluate", "pipeline.dataset:ClipDataset.fbank", "worker", after=1),
-    "evaluate-main": Case("evaluate", "pipeline.evaluate:_autocast", "main", after=1),
+    "evaluate-main": Case("evaluate", "pipeline.evaluate.scoring:forward_scores", "main", after=1),
     "validate-worker": Case("validate", "pipeline.validate.runner:_checked", "worker", after=1, workers=2),
     "validate-main": Case("validate", "pipeline.validate.runner:_label_verdict", "main", after=3, workers=2),
 }

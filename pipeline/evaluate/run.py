@@ -1,0 +1,140 @@
+"""`fat evaluate`'s run: the eval set read once, the student at every r, compared checkpoints at
+r = 0, the teacher's row, then the reports."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline import runtime
+from pipeline.checkpoint import load_student, student_features
+from pipeline.datafile import ClipList, LabelSet, label_csv_beside, load_clips, load_label_csv
+from pipeline.dataset import ClipDataset
+from pipeline.errors import FatError
+from pipeline.evaluate.reports import write_reports
+from pipeline.evaluate.rows import EvalRow, primary_metric
+from pipeline.evaluate.scoring import chance_map, predict_all_r, ranks_by_map
+from pipeline.evaluate.teacher import open_teacher_store, teacher_row
+from pipeline.evaluate.timing import TimingSettings, measure_throughput, timing_batch
+from pipeline.metrics import score
+from student.errors import StudentError
+from student.flops import analytic_gflops
+from student.tome import parse_r_spec, set_tome_r, tokens_per_layer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """Everything `fat evaluate` was asked to do."""
+
+    checkpoint: Path
+    datafile: Path
+    labels: Path | None = None
+    teacher_logits: Path | None = None
+    allow_incomplete_teacher: bool = False
+    r_settings: tuple[str, ...] = ("0", "4", "8", "16")
+    compare: tuple[Path, ...] = ()
+    metric: str = "auto"
+    workers: int = 0
+    limit: int | None = None
+
+
+def load_eval_set(request: EvalRequest) -> tuple[ClipList, LabelSet, np.ndarray]:
+    """(clip list, labels, targets (N, C)) of the eval datafile (the first `limit` clips)."""
+    labels = load_label_csv(request.labels or label_csv_beside(request.datafile))
+    clips = load_clips([request.datafile], labels, require_files=True)
+    if request.limit is not None:
+        clips = clips.head(request.limit)
+    targets = clips.targets()
+    return clips, labels, targets
+
+
+def _loader(clips: ClipList, config: dict[str, Any], batch_size: int, workers: int) -> Any:
+    """Evaluation items (no augmentation), features exactly as `fat train` computes them."""
+    return DataLoader(ClipDataset(clips, student_features(config)), batch_size=batch_size, shuffle=False,
+                      num_workers=workers)
+
+
+def evaluate_student(path: Path, name: str, kind: str, r_settings: Sequence[str], clips: ClipList,
+                     targets: np.ndarray, num_classes: int, timing: TimingSettings, workers: int,
+                     label_sha256: str | None, metric: str = "auto") -> tuple[list[EvalRow], dict[str, Any]]:
+    """Rows (one per r) for one student checkpoint; also returns its config."""
+    model, config = load_student(path, map_location=timing.device)
+    if int(config["num_classes"]) != num_classes:
+        raise FatError(f"{path}: the student predicts {config['num_classes']} classes, the eval labels have {num_classes}")
+    trained_sha = config.get("label_csv_sha256")
+    if label_sha256 and trained_sha and trained_sha != label_sha256:
+        raise FatError(f"{path}: trained with another label list (sha256 {str(trained_sha)[:12]}…) than the eval "
+                       f"datafile's ({label_sha256[:12]}…)")
+    multi_label = ranks_by_map(metric, config, targets, clips)
+    for r in r_settings:  # a bad r fails here, before any work
+        try:
+            set_tome_r(model, parse_r_spec(r))
+        except StudentError as exc:
+            raise FatError(f"--r {r}: {exc}") from None
+    loader = _loader(clips, config, timing.batch_size, workers)
+    scores, _ = predict_all_r(model, loader, r_settings, timing)
+    speeds = measure_throughput(model, timing_batch(loader, timing.batch_size), r_settings, timing)
+    rows = []
+    for r in r_settings:
+        spec = parse_r_spec(r)
+        speed = speeds[r]
+        rows.append(EvalRow(
+            name=name, kind=kind, r=r, metrics=score(targets, scores[r], multi_label), clips=len(clips),
+            clips_per_second=speed, gflops=analytic_gflops(model, spec), tokens_in=model.num_tokens,
+            tokens_out=tokens_per_layer(model, spec)[-1],
+        ))
+        log.info("%s r=%s: %s %.4f, %.1f clips/s, %.3f GFLOPs/clip, %d→%d tokens", name, r, primary_metric(multi_label),
+                 rows[-1].metrics.get(primary_metric(multi_label), float("nan")), speed, rows[-1].gflops,
+                 rows[-1].tokens_in, rows[-1].tokens_out)
+    set_tome_r(model, 0)
+    return rows, config
+
+
+def run_evaluation(request: EvalRequest, timing: TimingSettings, out_dir: str | Path) -> list[EvalRow]:
+    """Evaluate the student at every r, compared checkpoints at r = 0, the teacher; write the reports."""
+    clips, labels, targets = load_eval_set(request)
+    count = len(clips)
+    ids = list(clips.ids)
+    label_sha = labels.sha256
+    store = None
+    if request.teacher_logits is not None:
+        store = open_teacher_store(request.teacher_logits, len(labels), request.allow_incomplete_teacher, label_sha)
+    rows, config = evaluate_student(request.checkpoint, "student", "student", request.r_settings, clips, targets,
+                                    len(labels), timing, request.workers, label_sha, request.metric)
+    multi_label = ranks_by_map(request.metric, config, targets, clips)
+    for other in request.compare:
+        # Compared students are scored with the main student's metric, whatever they were trained with.
+        other_rows, _ = evaluate_student(
+            other, _compare_name(other), "compare", ("0",), clips, targets, len(labels), timing, request.workers,
+            label_sha, "map" if multi_label else "accuracy")
+        rows += other_rows
+    if store is not None:
+        teacher = teacher_row(store, ids, targets, multi_label)
+        store.close()
+        if teacher is not None:
+            rows.append(teacher)
+            log.info("%s: %s %.4f on %d clips", teacher.name, primary_metric(multi_label),
+                     teacher.metrics.get(primary_metric(multi_label), float("nan")), teacher.clips)
+    context = {
+        "checkpoint": str(request.checkpoint), "datafile": str(request.datafile), "clips": count,
+        "classes": len(labels), "device": runtime.describe(torch.device(timing.device)), "batch_size": timing.batch_size,
+        "precision": timing.precision, "trained_r": str(config.get("tome_r", "")),
+        "chance_mAP": chance_map(targets),
+    }
+    paths_out = write_reports(rows, multi_label, context, out_dir)
+    log.info("reports: %s", ", ".join(str(p) for p in paths_out.values()))
+    return rows
+
+
+def _compare_name(path: Path) -> str:
+    """A short label for a compared checkpoint: its folder name when the file has a generic name."""
+    return path.parent.name if path.stem in {"student", "best", "last", "model", "final"} else path.stem

@@ -1,0 +1,58 @@
+"""Throughput: clips per second of the model forward on one fixed batch of real features, per r.
+
+Model forward only, batched, after warm-up, the device synchronised around each measurement, with
+`student.benchmark.time_settings` (the timer `fat bench student` uses too), so the numbers compare
+settings, not data loading."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pipeline import runtime
+from pipeline.runtime import Precision
+from student.benchmark import Setting, time_settings
+from student.tome import parse_r_spec, set_tome_r
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """How throughput is measured: batch size, warm-up batches, timed batches per round, rounds, device, precision."""
+
+    batch_size: int = 32
+    warmup_batches: int = 2
+    timed_batches: int = 2
+    rounds: int = 3
+    device: str = "cpu"
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast), as pipeline.runtime names them
+
+    def policy(self) -> Precision:
+        """The autocast policy of `precision` on `device` (pipeline.runtime's rules)."""
+        return runtime.choose_precision(self.precision, torch.device(self.device))
+
+
+def measure_throughput(model: Any, batch: Any, r_settings: Sequence[str], timing: TimingSettings) -> dict[str, float]:
+    """Clips per second of `model(batch)` at each r on the timing device, with the project's one
+    timer (`student.benchmark.time_settings`, as `fat bench student`): warm-up, then rounds in
+    which every r runs `timed_batches` batches, the order rotated each round; each r keeps its
+    median round, so a burst of load from elsewhere on the machine hits all settings alike."""
+    device = torch.device(timing.device)
+    batch = batch.to(device)
+    settings = [Setting(r, lambda: model(batch), lambda r=r: set_tome_r(model, parse_r_spec(r))) for r in r_settings]
+    warmup = max(1, math.ceil(timing.warmup_batches / timing.timed_batches))
+    with torch.inference_mode(), timing.policy().autocast():
+        timings = time_settings(settings, device, rounds=timing.rounds, warmup=warmup, steps=timing.timed_batches)
+    return {r: batch.shape[0] * timing.timed_batches / timings[r].seconds for r in r_settings}
+
+
+def timing_batch(loader: Any, batch_size: int) -> Any:
+    """One batch of real eval features, repeated up to `batch_size` clips if the set is smaller."""
+    features = next(iter(loader))["fbank"]
+    if features.shape[0] < batch_size:
+        repeats = math.ceil(batch_size / features.shape[0])
+        features = torch.cat([features] * repeats)[:batch_size]
+    return features
