@@ -39,6 +39,27 @@ def rows_to_json(rows: Sequence[EvalRow], context: dict[str, Any]) -> dict[str, 
     return out
 
 
+def tracked_metrics(rows: Sequence[EvalRow], multi_label: bool) -> dict[str, Any]:
+    """The few figures DVC tracks (`dvc metrics show`, `dvc exp show`): the main metric and the
+    analytic GFLOPs per model and r. eval.json keeps everything; measured clips/s stays out of
+    it, because timing moves between two runs of the same code and `dvc exp show --only-changed`
+    would list it for every experiment. Short keys keep the table narrow (`r8.mAP`)."""
+    main = primary_metric(multi_label)
+    out: dict[str, Any] = {}
+    for row in rows:
+        value = row.metrics.get(main)
+        block: dict[str, Any] = {main: _finite(round(value, 4) if isinstance(value, float) else value)}
+        if row.gflops is not None:
+            block["gflops"] = _finite(round(row.gflops, 3))
+        if row.kind == "student":
+            out[f"r{row.r}"] = block
+        elif row.kind == "compare":
+            out.setdefault("compare", {})[row.name] = block
+        else:
+            out["teacher"] = block
+    return out
+
+
 def _finite(value: Any) -> Any:
     """JSON has no NaN: undefined metrics become null."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -98,11 +119,14 @@ def _fmt(value: float | None, digits: int) -> str:
 
 
 def write_reports(rows: Sequence[EvalRow], multi_label: bool, context: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """reports/eval.json (metrics), eval.md (table), tradeoff.png (chart); written atomically."""
+    """reports/eval.json (every figure), metrics.json (the ones DVC tracks), eval.md (table),
+    tradeoff.png (chart); written atomically."""
     out_dir = Path(out_dir)
-    paths = {"json": out_dir / "eval.json", "md": out_dir / "eval.md", "png": out_dir / "tradeoff.png"}
+    paths = {"json": out_dir / "eval.json", "md": out_dir / "eval.md", "png": out_dir / "tradeoff.png",
+             "metrics": out_dir / "metrics.json"}
     write_json_atomic(paths["json"], rows_to_json(rows, context))
+    write_json_atomic(paths["metrics"], tracked_metrics(rows, multi_label))
     write_text_atomic(paths["md"], markdown_table(rows, multi_label, context))
-    title = f"{primary_metric(multi_label)} against throughput: {context.get('checkpoint', '')} on {context.get('device', '')}"
+    title = f"{primary_metric(multi_label)} against throughput: {context.get('checkpoint', '')}\n{context.get('device', '')}"
     tradeoff_plot(rows, multi_label, paths["png"], title=title, context=context)
     return paths
