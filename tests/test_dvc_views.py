@@ -203,7 +203,8 @@ def test_demo_tradeoff_chart_is_inside_the_figure(demo: DemoRun) -> None:
 
 def test_long_titles_and_labels_stay_inside_the_figure(tmp_path: Path) -> None:
     """A long checkpoint path and device name wrap; the fastest point's label goes to its left."""
-    from pipeline.evaluate import EvalRow, tradeoff_plot
+    from pipeline.evaluate.plot import tradeoff_plot
+    from pipeline.evaluate.rows import EvalRow
 
     rows = [EvalRow("student", "student", str(r), {"mAP": 0.5 + r / 100}, 10, clips_per_second=50.0 + 20 * r,
                     gflops=1.0, tokens_in=98, tokens_out=98 - 10 * r) for r in (0, 2, 4, 8)]

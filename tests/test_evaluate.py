@@ -14,7 +14,8 @@ import torch
 from pipeline.audio import write_wav
 from pipeline.cli import main
 from pipeline.errors import FatError
-from pipeline.evaluate import RANDOM_INIT_WARNING, EvalRow, markdown_table, rows_to_json
+from pipeline.evaluate.reports import markdown_table, rows_to_json
+from pipeline.evaluate.rows import RANDOM_INIT_WARNING, EvalRow
 
 RATE = 32000
 CLASSES = ("/m/01v_m0", "/m/0chx_", "/m/07qc9xj")  # Sine wave, White noise, Clicking

@@ -7,16 +7,10 @@ device synchronised around the timed loop — so the numbers compare settings, n
 Other checkpoints (e.g. the same student trained with a larger patch stride, the cheap
 alternative to merging) can be evaluated beside it at r = 0 and land on the same chart.
 
-rows (one report line) · scoring (every clip at every r) · timing (clips/s, the shared timer) ·
-teacher (its row, from its logits store) · reports and plot (what is written) · run (the whole
-evaluation). Device and precision: pipeline.runtime.
+settings (the options) · rows (one report line) · scoring (every clip at every r) · timing
+(clips/s, the shared timer) · teacher (its row, from its logits store) · reports and plot (what
+is written) · run (the whole evaluation). Device and precision: pipeline.runtime.
+
+This package file imports nothing, so that the CLI reads EvaluateSettings without loading torch
+or matplotlib.
 """
-
-from pipeline.evaluate.plot import tradeoff_plot
-from pipeline.evaluate.reports import markdown_table, rows_to_json, write_reports
-from pipeline.evaluate.rows import RANDOM_INIT_WARNING, EvalRow
-from pipeline.evaluate.run import EvalRequest, run_evaluation
-from pipeline.evaluate.timing import TimingSettings
-
-__all__ = ["RANDOM_INIT_WARNING", "EvalRequest", "EvalRow", "TimingSettings", "markdown_table", "rows_to_json",
-           "run_evaluation", "tradeoff_plot", "write_reports"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,11 @@ from pipeline.errors import FatError
 from pipeline.evaluate.reports import write_reports
 from pipeline.evaluate.rows import EvalRow, primary_metric
 from pipeline.evaluate.scoring import chance_map, predict_all_r, ranks_by_map
+from pipeline.evaluate.settings import EvaluateSettings, TimingSettings
 from pipeline.evaluate.teacher import open_teacher_store, teacher_row
-from pipeline.evaluate.timing import TimingSettings, measure_throughput, timing_batch
+from pipeline.evaluate.timing import measure_throughput, timing_batch
 from pipeline.metrics import score
+from pipeline.settings import check_values
 from student.errors import StudentError
 from student.flops import analytic_gflops
 from student.tome import parse_r_spec, set_tome_r, tokens_per_layer
@@ -31,28 +33,12 @@ from student.tome import parse_r_spec, set_tome_r, tokens_per_layer
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EvalRequest:
-    """Everything `fat evaluate` was asked to do."""
-
-    checkpoint: Path
-    datafile: Path
-    labels: Path | None = None
-    teacher_logits: Path | None = None
-    allow_incomplete_teacher: bool = False
-    r_settings: tuple[str, ...] = ("0", "4", "8", "16")
-    compare: tuple[Path, ...] = ()
-    metric: str = "auto"
-    workers: int = 0
-    limit: int | None = None
-
-
-def load_eval_set(request: EvalRequest) -> tuple[ClipList, LabelSet, np.ndarray]:
+def load_eval_set(settings: EvaluateSettings) -> tuple[ClipList, LabelSet, np.ndarray]:
     """(clip list, labels, targets (N, C)) of the eval datafile (the first `limit` clips)."""
-    labels = load_label_csv(request.labels or label_csv_beside(request.datafile))
-    clips = load_clips([request.datafile], labels, require_files=True)
-    if request.limit is not None:
-        clips = clips.head(request.limit)
+    labels = load_label_csv(settings.labels or label_csv_beside(settings.datafile))
+    clips = load_clips([settings.datafile], labels, require_files=True)
+    if settings.limit is not None:
+        clips = clips.head(settings.limit)
     targets = clips.targets()
     return clips, labels, targets
 
@@ -99,22 +85,28 @@ def evaluate_student(path: Path, name: str, kind: str, r_settings: Sequence[str]
     return rows, config
 
 
-def run_evaluation(request: EvalRequest, timing: TimingSettings, out_dir: str | Path) -> list[EvalRow]:
+def run_evaluation(settings: EvaluateSettings) -> list[EvalRow]:
     """Evaluate the student at every r, compared checkpoints at r = 0, the teacher; write the reports."""
-    clips, labels, targets = load_eval_set(request)
+    check_values(settings)
+    runtime.set_threads(settings.threads)
+    device = runtime.choose_device(settings.timing.device)
+    # From here on the timing settings name what runs: a device, and the precision it gets.
+    timing = replace(settings.timing, device=str(device),
+                     precision=runtime.choose_precision(settings.timing.precision, device).name)
+    clips, labels, targets = load_eval_set(settings)
     count = len(clips)
     ids = list(clips.ids)
     label_sha = labels.sha256
     store = None
-    if request.teacher_logits is not None:
-        store = open_teacher_store(request.teacher_logits, len(labels), request.allow_incomplete_teacher, label_sha)
-    rows, config = evaluate_student(request.checkpoint, "student", "student", request.r_settings, clips, targets,
-                                    len(labels), timing, request.workers, label_sha, request.metric)
-    multi_label = ranks_by_map(request.metric, config, targets, clips)
-    for other in request.compare:
+    if settings.teacher_logits is not None:
+        store = open_teacher_store(settings.teacher_logits, len(labels), settings.allow_incomplete_teacher, label_sha)
+    rows, config = evaluate_student(settings.checkpoint, "student", "student", settings.r, clips, targets,
+                                    len(labels), timing, settings.workers, label_sha, settings.metric)
+    multi_label = ranks_by_map(settings.metric, config, targets, clips)
+    for other in settings.compare:
         # Compared students are scored with the main student's metric, whatever they were trained with.
         other_rows, _ = evaluate_student(
-            other, _compare_name(other), "compare", ("0",), clips, targets, len(labels), timing, request.workers,
+            other, _compare_name(other), "compare", ("0",), clips, targets, len(labels), timing, settings.workers,
             label_sha, "map" if multi_label else "accuracy")
         rows += other_rows
     if store is not None:
@@ -125,12 +117,12 @@ def run_evaluation(request: EvalRequest, timing: TimingSettings, out_dir: str | 
             log.info("%s: %s %.4f on %d clips", teacher.name, primary_metric(multi_label),
                      teacher.metrics.get(primary_metric(multi_label), float("nan")), teacher.clips)
     context = {
-        "checkpoint": str(request.checkpoint), "datafile": str(request.datafile), "clips": count,
+        "checkpoint": str(settings.checkpoint), "datafile": str(settings.datafile), "clips": count,
         "classes": len(labels), "device": runtime.describe(torch.device(timing.device)), "batch_size": timing.batch_size,
         "precision": timing.precision, "trained_r": str(config.get("tome_r", "")),
         "chance_mAP": chance_map(targets),
     }
-    paths_out = write_reports(rows, multi_label, context, out_dir)
+    paths_out = write_reports(rows, multi_label, context, settings.out_dir)
     log.info("reports: %s", ", ".join(str(p) for p in paths_out.values()))
     return rows
 

@@ -10,7 +10,8 @@ import torch
 
 from pipeline.datafile import ClipList
 from pipeline.errors import FatError
-from pipeline.evaluate.timing import TimingSettings
+from pipeline.evaluate.settings import TimingSettings
+from pipeline.evaluate.timing import precision_of
 from pipeline.runtime import Precision
 from student.tome import parse_r_spec, set_tome_r
 
@@ -19,7 +20,7 @@ def predict_all_r(
     model: Any, loader: Any, r_settings: Sequence[str], timing: TimingSettings,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Scores (N, C) per r setting for every clip of `loader` (batches with "fbank" and "index")."""
-    device, precision = torch.device(timing.device), timing.policy()
+    device, precision = torch.device(timing.device), precision_of(timing)
     chunks: dict[str, list[np.ndarray]] = {r: [] for r in r_settings}
     order: list[np.ndarray] = []
     with torch.inference_mode():

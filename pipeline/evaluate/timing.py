@@ -8,31 +8,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from pipeline import runtime
+from pipeline.evaluate.settings import TimingSettings
 from pipeline.runtime import Precision
 from student.benchmark import Setting, time_settings
 from student.tome import parse_r_spec, set_tome_r
 
 
-@dataclass(frozen=True)
-class TimingSettings:
-    """How throughput is measured: batch size, warm-up batches, timed batches per round, rounds, device, precision."""
-
-    batch_size: int = 32
-    warmup_batches: int = 2
-    timed_batches: int = 2
-    rounds: int = 3
-    device: str = "cpu"
-    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast), as pipeline.runtime names them
-
-    def policy(self) -> Precision:
-        """The autocast policy of `precision` on `device` (pipeline.runtime's rules)."""
-        return runtime.choose_precision(self.precision, torch.device(self.device))
+def precision_of(timing: TimingSettings) -> Precision:
+    """The autocast policy of the timing settings' precision on their device (pipeline.runtime's rules)."""
+    return runtime.choose_precision(timing.precision, torch.device(timing.device))
 
 
 def measure_throughput(model: Any, batch: Any, r_settings: Sequence[str], timing: TimingSettings) -> dict[str, float]:
@@ -44,7 +33,7 @@ def measure_throughput(model: Any, batch: Any, r_settings: Sequence[str], timing
     batch = batch.to(device)
     settings = [Setting(r, lambda: model(batch), lambda r=r: set_tome_r(model, parse_r_spec(r))) for r in r_settings]
     warmup = max(1, math.ceil(timing.warmup_batches / timing.timed_batches))
-    with torch.inference_mode(), timing.policy().autocast():
+    with torch.inference_mode(), precision_of(timing).autocast():
         timings = time_settings(settings, device, rounds=timing.rounds, warmup=warmup, steps=timing.timed_batches)
     return {r: batch.shape[0] * timing.timed_batches / timings[r].seconds for r in r_settings}
 

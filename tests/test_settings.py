@@ -1,0 +1,235 @@
+"""Stage settings declared once (pipeline.settings): the command line, params.yaml keys and resume rules
+all come from the dataclass fields; and device / precision / threads have one home (pipeline.runtime)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline import runtime
+from pipeline.cli import Parser, add_command, build_parser, main
+from pipeline.dvcargs import normalise_argv
+from pipeline.errors import FatError
+from pipeline.settings import (
+    check_values, from_args, nested, option, options, params_keys, resume_invariant,
+)
+from pipeline.training.config import RESUME_INVARIANT, TrainConfig, saved_config
+from pipeline.training.state import check_compatible
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS_FILES = ["params.yaml", "configs/audioset-balanced.yaml", "configs/audioset-full.yaml",
+                "configs/speechcommands.yaml"]
+SECTION_COMMAND = {"demo": "demo-corpus", "metadata": "metadata", "download": "download", "validate": "validate",
+                   "logits": "logits", "train": "train", "evaluate": "evaluate", "prepare": "prepare"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Inner:
+    rate: int = option(32000, "sample rate", unit="Hz", minimum=1, group="inner")
+
+
+@dataclass(kw_only=True)
+class Toy:
+    out: Path = option(help="where to write")
+    mode: str = option("fast", "how", choices=("fast", "slow"), resume=False)
+    sizes: tuple[int, ...] = option((1, 2), "sizes", unit="clips")
+    inner: Inner = nested(Inner)
+    note: str = "not an option"
+
+
+def toy_parser() -> Parser:
+    parser = Parser(prog="fat")
+    add_command(parser.add_subparsers(dest="command"), "toy", "a toy stage", settings=Toy)
+    return parser
+
+
+def test_help_shows_unit_choices_and_default_of_each_field() -> None:
+    text = " ".join(toy_parser().commands["toy"].format_help().split())
+    assert "--mode {fast,slow} how (default: fast)" in text
+    assert "--rate RATE sample rate [Hz] (default: 32000)" in text
+    assert "--sizes SIZES [SIZES ...] sizes [clips] (default: (1, 2))" in text
+    assert "inner:" in text and "--note" not in text  # a group per `group=`; a plain field is no option
+
+
+def test_the_dataclass_comes_back_from_the_command_line_nested_fields_included() -> None:
+    parser = toy_parser()
+    settings = from_args(Toy, parser.parse_args(["toy", "--out", "x", "--sizes", "3", "4", "--rate", "16000"]))
+    assert settings == Toy(out=Path("x"), sizes=[3, 4], inner=Inner(rate=16000))
+    assert params_keys(Toy) == ["out", "mode", "sizes", "rate"]
+    assert resume_invariant(Toy) == ("mode",)
+
+
+def test_check_values_names_the_option_for_a_value_built_in_code() -> None:
+    with pytest.raises(FatError, match=r"--rate must be ≥ 1, got 0"):
+        check_values(Toy(out=Path("x"), inner=Inner(rate=0)))
+    with pytest.raises(FatError, match=r"--mode must be one of fast, slow, got 'medium'"):
+        check_values(Toy(out=Path("x"), mode="medium"))
+
+
+@pytest.mark.parametrize("params_file", PARAMS_FILES)
+def test_params_keys_are_the_field_names_of_the_stage_settings(params_file: str) -> None:
+    """A params.yaml key that is no field would reach the command line as an unknown option (or worse, be
+    mapped to some other option): every key of every section is a field of its stage's settings."""
+    commands = build_parser().commands
+    params = yaml.safe_load((ROOT / params_file).read_text())
+    for section, values in params.items():
+        if section == "data":
+            continue
+        settings = commands[SECTION_COMMAND[section]].get_default("settings_class")
+        assert settings is not None, section
+        unknown = set(values) - set(params_keys(settings))
+        assert not unknown, f"{params_file}: {section}: {sorted(unknown)} are not fields of {settings.__name__}"
+
+
+def test_every_command_builds_its_settings_from_its_own_defaults() -> None:
+    """argparse's defaults are the dataclass defaults: the same object comes back from an empty command line."""
+    required = {"download": ["--split", "eval"], "validate": ["--split", "eval"], "train": ["--train", "t.json",
+                "--valid", "v.json", "--out", "o"], "logits": ["--datafile", "d.json"],
+                "evaluate": ["--checkpoint", "s.pt", "--datafile", "d.json"], "prepare": ["folder", "--root", "r"],
+                "predict": ["a.wav"], "stats": ["d.json"], "merges": ["a.wav"], "pack": ["--datafile", "d.json"]}
+    parser = build_parser()
+    checked = 0
+    for name, sub in parser.commands.items():
+        settings = sub.get_default("settings_class")
+        for nested_name, nested_parser in getattr(sub, "commands", {}).items():  # fat bench student
+            settings, name = nested_parser.get_default("settings_class"), f"{name} {nested_name}"
+        if settings is None:
+            continue
+        args = parser.parse_args([*name.split(), *required.get(name.split()[0], [])])
+        built = from_args(settings, args)
+        for opt in options(settings):
+            if not opt.required:
+                value = getattr(args, opt.name)
+                assert value == opt.default, (name, opt.name, value, opt.default)
+        assert dataclasses.is_dataclass(built)
+        checked += 1
+    assert checked >= 12
+
+
+def test_resume_invariant_comes_from_the_fields_and_is_what_a_resume_checks() -> None:
+    config = TrainConfig(train=[Path("t.json")], valid=Path("v.json"), out=Path("o"))
+    assert set(RESUME_INVARIANT) == {opt.name for opt in options(TrainConfig) if not opt.spec.resume}
+    assert {"batch_size", "adam_betas", "norm_mean", "tome_r"} <= set(RESUME_INVARIANT)
+    assert not {"epochs", "wa_end", "precision", "threads", "device"} & set(RESUME_INVARIANT)
+    saved = config.to_dict()
+    check_compatible(Path("state"), saved, dataclasses.replace(config, epochs=40).to_dict(), RESUME_INVARIANT)
+    with pytest.raises(FatError, match=r"batch_size: 12 → 24"):
+        check_compatible(Path("state"), saved, dataclasses.replace(config, batch_size=24).to_dict(), RESUME_INVARIANT)
+    # a state written when the Adam betas were two fields reads as one
+    old = {key: value for key, value in saved.items() if key != "adam_betas"} | {"beta1": 0.95, "beta2": 0.999}
+    check_compatible(Path("state"), saved_config(old), saved, RESUME_INVARIANT)
+    with pytest.raises(FatError, match="adam_betas"):
+        check_compatible(Path("state"), saved_config({**old, "beta1": 0.9}), saved, RESUME_INVARIANT)
+
+
+@pytest.mark.parametrize(("argv", "new"), [
+    (["train", "--train", "t", "--valid", "v", "--out", "o", "--amp", "bf16"], "--precision {auto,fp32,bf16,fp16}"),
+    (["logits", "--datafile", "d.json", "--amp"], "--precision {auto,fp32,bf16,fp16}"),
+    (["logits", "--datafile", "d.json", "--no-amp"], "--precision {auto,fp32,bf16,fp16}"),
+    (["logits", "--datafile", "d.json", "--dtype", "float32"], "--store-dtype {float16,float32}"),
+    (["bench", "student", "--dtype", "bf16"], "--precision {auto,fp32,bf16,fp16}"),
+    (["predict", "a.wav", "--amp"], "--precision {auto,fp32,bf16,fp16}"),
+])
+def test_a_renamed_option_is_one_line_naming_the_new_one(argv: list[str], new: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    old = next(token for token in argv if token in ("--amp", "--no-amp", "--dtype"))
+    assert err.count("\n") == 1 and f"{old} was renamed: use {new}" in err, err
+
+
+def test_an_old_params_key_reaches_the_same_error_through_dvc_spelling(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    argv = normalise_argv(parser, ["logits", "--datafile", "d.json", "--dtype", "float16", "--no-amp"])
+    assert argv == ["logits", "--datafile", "d.json", "--dtype", "float16", "--no-amp"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(argv)
+    assert "(params.yaml key: store_dtype)" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- one runtime module
+
+def test_precision_rules_on_the_cpu() -> None:
+    cpu = torch.device("cpu")
+    assert runtime.choose_precision("auto", cpu).name == "fp32"
+    assert runtime.choose_precision("fp32", cpu).name == "fp32"
+    bf16 = runtime.choose_precision("bf16", cpu)
+    assert bf16.name == "bf16" and not bf16.needs_scaler
+    with bf16.autocast():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    with pytest.raises(FatError, match="fp16 needs a CUDA device"):
+        runtime.choose_precision("fp16", cpu)
+    assert runtime.choose_device("cpu") == cpu
+    if not torch.cuda.is_available():
+        assert runtime.choose_device("auto") == cpu
+        with pytest.raises(FatError, match="no CUDA device"):
+            runtime.choose_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_precision_rules_on_a_gpu() -> None:
+    gpu = runtime.choose_device("auto")
+    assert gpu.type == "cuda" and runtime.choose_device("cuda:0") == torch.device("cuda", 0)
+    auto = runtime.choose_precision("auto", gpu)
+    assert auto.name == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    fp16 = runtime.choose_precision("fp16", gpu)
+    assert fp16.needs_scaler and fp16.scaler().is_enabled()
+    with pytest.raises(FatError, match="CUDA devices 0.."):
+        runtime.choose_device(f"cuda:{torch.cuda.device_count()}")
+
+
+# Where each runtime decision may be made: anywhere else in pipeline/ it is a second copy of a rule.
+RUNTIME_ONLY = [r"torch\.cuda\.is_available\(", r"is_bf16_supported\(", r"torch\.autocast\(", r"GradScaler\(",
+                r"set_num_threads\(", r"init_process_group\(", r"\bdef (choose|resolve|compute|select)_\w*(device|precision)\w*\(",
+                r"\bdef \w*autocast\w*\("]
+
+
+def test_device_precision_and_threads_are_decided_only_in_pipeline_runtime() -> None:
+    offenders = []
+    for path in sorted((ROOT / "pipeline").rglob("*.py")):
+        if path == ROOT / "pipeline" / "runtime.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        offenders += [f"{path.relative_to(ROOT)}: {pattern}" for pattern in RUNTIME_ONLY if re.search(pattern, text)]
+    assert not offenders, offenders
+
+
+def test_no_stage_reaches_into_argparse_internals() -> None:
+    """pipeline.dvcargs maps DVC's spelling from the settings' field list, not from argparse's private tables."""
+    for path in (ROOT / "pipeline").rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"\._(actions|option_string_actions|name_parser_map)\b", text), path
+
+
+def test_one_spelling_of_precision_device_and_threads_in_every_command_that_computes() -> None:
+    """Same option, same choices, same default wherever a model runs."""
+    commands = build_parser().commands
+    computing = {"train": commands["train"], "logits": commands["logits"], "evaluate": commands["evaluate"],
+                 "predict": commands["predict"], "bench student": commands["bench"].commands["student"]}
+    for name, parser in computing.items():
+        fields = {opt.name: opt for opt in options(parser.get_default("settings_class"))}
+        assert fields["precision"].default == "auto" and fields["precision"].spec.choices == (
+            "auto", "fp32", "bf16", "fp16"), name
+        assert fields["device"].default == "auto", name
+        if name != "predict":
+            assert fields["threads"].default == 0, name
+    assert isinstance(commands["train"], argparse.ArgumentParser)
+
+
+def test_building_every_parser_imports_no_torch() -> None:
+    """The settings dataclasses are read when `fat --help` builds its parsers: their modules (and the stage
+    packages' __init__) must not pull in torch, which runtime and the stages import at their top."""
+    code = "import sys; from pipeline.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert result.stdout.strip() == "False"
