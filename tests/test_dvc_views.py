@@ -179,9 +179,9 @@ def test_readme_demo_figures_are_the_demo_run(demo: DemoRun) -> None:
             assert abs(float(ours[column]) - float(theirs[column])) <= tolerance, (column, ours, theirs)
     listed = sum(v["clips"] for v in demo.validated.values())
     passed = [demo.validated[split]["passed"] for split in ("balanced_train", "eval")]
-    counts = re.search(r"(\d+) of\s+(\d+) clips pass validation, (\d+) train /\s+(\d+) eval", section)
+    counts = re.search(r"(\d+)\s+of\s+(\d+)\s+clips\s+pass\s+validation,\s+(\d+)\s+train\s+/\s+(\d+)\s+eval", section)
     assert counts and [int(g) for g in counts.groups()] == [sum(passed), listed, *passed], counts
-    chance = re.search(r"random ranking scores mAP ≈ ([0-9.]+)", section)
+    chance = re.search(r"random\s+ranking\s+scores\s+mAP\s+≈\s+([0-9.]+)", section)
     assert chance and abs(float(chance.group(1)) - demo.eval_json["eval"]["chance_mAP"]) < 0.0005
 
 
