@@ -23,6 +23,9 @@ Broken clips (about `broken_fraction` of each split), each a failure real AudioS
 - `silent`: digital silence → validate: silence;
 - `truncated`: the media ends early in the window → validate: too short;
 - `clipped`: a hard-clipped square wall → validate: clipping.
+
+About 400 lines, most of them the small synthesisers and the fault list: one self-contained
+generator that only `fat demo-corpus` uses.
 """
 
 from __future__ import annotations

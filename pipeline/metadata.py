@@ -4,6 +4,8 @@ Raw layout (as Google publishes it): comment lines starting with `#`, then rows
 `YTID, start_seconds, end_seconds, "mid,mid,..."` (a space after each comma, the label list
 quoted). The normalised layout that later stages read is a plain CSV with the header
 `ytid,start_seconds,end_seconds,positive_labels`. Every problem names the file and line.
+About 380 lines: one file format's reader, checker, writer, subset and fetch, kept together
+because they share its rules (the label CSV itself is `pipeline.datafile.labels`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """The training run: data, model, optimiser, epochs, validation, weight averaging, resume, SIGTERM.
 
 One `Trainer` per process (torchrun starts one per device). Rank 0 alone writes files.
+Longer than most modules (~400 lines) because it is one class whose steps share its state;
+everything that stands alone (settings, schedule, averaging, scoring, logs, state) lives beside it.
 """
 
 from __future__ import annotations

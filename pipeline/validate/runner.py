@@ -4,6 +4,8 @@ Clips go to the workers in small batches with a bounded number in flight, and th
 back in input order: the datafile and the rejection report are written as they arrive (both to
 temporary names, renamed at the end), so memory stays bounded by the input columns whatever the
 corpus size. Nothing is deleted or moved: a rejected clip stays where it is and is listed.
+About 390 lines: the run's settings, its ordered worker pool and its reports, which share the
+clip source; the checks of one file are `checks.py`.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ import numpy as np
 
 from pipeline.atomic import atomic_path, write_bytes_atomic, write_json_atomic
 from pipeline.datafile import (
-    LABEL_CSV_NAME, DatafileEntry, LabelSet, label_csv_beside, load_label_csv, wav_reference, write_datafile,
+    LABEL_CSV_NAME, ClipList, DatafileEntry, LabelSet, PackedStrings, label_csv_beside, load_label_csv, read_entries,
+    wav_reference, write_datafile,
 )
 from pipeline.errors import FatError
 from pipeline.ids import check_split_name, split_labels
+from pipeline.metadata import read_metadata_csv
 from pipeline.settings import check_values, nested, option
 from pipeline.validate.checks import PASS, REASONS, Thresholds, Verdict, check_file
 
@@ -41,38 +45,50 @@ REPORT_COLUMNS = ("id", "path", "reason", "detail")
 
 @dataclass(frozen=True)
 class ClipSource:
-    """The clips to check, as columns in input order. windows: expected seconds (NaN: none)."""
+    """The clips to check, in input order (the project's clip list, labels as the input spells
+    them), and each clip's expected length in seconds (`windows`, NaN: none)."""
 
-    name: str
-    ids: np.ndarray
-    paths: np.ndarray
-    label_strings: np.ndarray
+    clips: ClipList
     windows: np.ndarray
     ids_unique: bool = False  # already guaranteed by the reader (metadata CSVs)
 
+    @property
+    def name(self) -> str:
+        return self.clips.source
+
+    @property
+    def ids(self) -> PackedStrings:
+        return self.clips.ids
+
+    @property
+    def paths(self) -> PackedStrings:
+        return self.clips.paths
+
+    @property
+    def label_strings(self) -> PackedStrings:
+        assert self.clips.label_strings is not None  # read without a label set: the MIDs as listed
+        return self.clips.label_strings
+
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.clips)
 
 
 def source_from_metadata(csv_path: str | Path, audio_dir: str | Path) -> ClipSource:
     """A split's metadata CSV: audio at `<audio_dir>/<ytid>.wav`, windows end − start."""
-    from pipeline.metadata import read_metadata_csv
-
     frame = read_metadata_csv(csv_path)
-    ids = frame["ytid"].to_numpy(dtype=object)
+    ids = frame["ytid"].tolist()
     folder = str(audio_dir)
-    paths = np.array([os.path.join(folder, f"{ytid}.wav") for ytid in ids], dtype=object)
+    clips = ClipList(str(csv_path), PackedStrings(ids), PackedStrings(os.path.join(folder, f"{ytid}.wav") for ytid in ids),
+                     PackedStrings(frame["positive_labels"].tolist()))
     windows = (frame["end_seconds"] - frame["start_seconds"]).to_numpy(dtype=np.float64)
-    return ClipSource(str(csv_path), ids, paths, frame["positive_labels"].to_numpy(dtype=object), windows, True)
+    return ClipSource(clips, windows, True)
 
 
 def source_from_datafile(path: str | Path, window_seconds: float | None = None) -> ClipSource:
     """An AST datafile (repeated ids kept, to be reported); every clip gets `window_seconds` if given."""
-    from pipeline.datafile import read_entries
-
-    raw = read_entries(path)
+    clips = read_entries(path)
     window = math.nan if window_seconds is None else float(window_seconds)
-    return ClipSource(str(path), raw.ids, raw.paths, raw.label_strings, np.full(len(raw), window))
+    return ClipSource(clips, np.full(len(clips), window))
 
 
 @dataclass(kw_only=True)
