@@ -357,6 +357,7 @@ def _assert_consistent(root: Path) -> None:
         assert abs(sf.info(str(wav)).frames / RATE - 10.0) <= TOLERANCE
 
 
+@pytest.mark.slow  # several processes started, signalled and restarted: 10-30 s here, up to ~100 s on 2 CI cores
 def test_sigterm_then_sigkill_then_rerun_ends_complete(tmp_path: Path, media: dict[str, Path]) -> None:
     ids = [f"-clip{index:06d}" for index in range(10)]
     with ms.MediaServer(latency=0.25) as server:

@@ -278,6 +278,7 @@ def test_non_finite_logits_name_the_clip(tmp_path, capsys):
     assert "NaN or infinite logits for clip(s) pl-000" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # several processes started, signalled and restarted: 10-30 s here, up to ~100 s on 2 CI cores
 def test_two_gloo_ranks_under_torchrun_write_the_same_store_as_one_process(corpus, reference, tmp_path):
     sharded = tmp_path / "sharded.h5"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",

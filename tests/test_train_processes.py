@@ -61,6 +61,7 @@ def task(tmp_path_factory):
     return task
 
 
+@pytest.mark.slow  # several processes started, signalled and restarted: 10-30 s here, up to ~100 s on 2 CI cores
 def test_sigterm_and_kill_then_resume_equal_an_uninterrupted_run(task):
     """SIGTERM in epoch 1 (state saved mid-epoch, status 143); resumed, SIGKILL once epoch 1 is done;
     resumed again from the end-of-epoch state to the end."""
@@ -103,6 +104,7 @@ def test_sigterm_and_kill_then_resume_equal_an_uninterrupted_run(task):
     assert steps(interrupted / "steps.csv") == steps(straight / "steps.csv")
 
 
+@pytest.mark.slow  # several processes started, signalled and restarted: 10-30 s here, up to ~100 s on 2 CI cores
 def test_torchrun_two_gloo_ranks_train_and_score_every_validation_clip(task):
     from pipeline.checkpoint import load_student
     from pipeline.datafile import load_clips, load_label_csv
