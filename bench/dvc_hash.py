@@ -46,7 +46,7 @@ def dvc(repo: Path, *args: str) -> float:
 
 def write_clips(folder: Path, count: int, seed: int = 0) -> None:
     """`count` distinct 10-s 16-bit WAVs (distinct bytes, so no two share a cache entry)."""
-    from pipeline.audio import write_wav
+    from pipeline.core.audio import write_wav
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ import torch
 from scipy.signal import lfilter
 
 from bench.dvc_hash import dvc
-from pipeline.audio import read_audio, write_wav
+from pipeline.core.audio import read_audio, write_wav
 from pipeline.packed.reader import PackedAudio
 
 RATE = 32000

@@ -29,7 +29,7 @@ import torch
 
 def write_clips(folder: Path, count: int, seconds: float, rate: int = 32000) -> Path:
     """`count` WAV clips (tones in noise, 16-bit PCM at 32 kHz) and an AST datafile listing them."""
-    from pipeline.audio import write_wav
+    from pipeline.core.audio import write_wav
 
     datafile = folder / "bench.json"
     if datafile.exists() and len(json.loads(datafile.read_text())["data"]) == count:

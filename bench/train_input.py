@@ -30,7 +30,7 @@ def write_clips(folder: Path, count: int, seconds: float, rate: int = 32000) -> 
     """`count` noisy-tone WAVs, a datafile and a label CSV of 527 classes (AudioSet-sized targets)."""
     import json
 
-    from pipeline.audio import write_wav
+    from pipeline.core.audio import write_wav
 
     rng = np.random.default_rng(0)
     entries = []

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.atomic import atomic_path
+from pipeline.core.atomic import atomic_path
+from pipeline.core.errors import FatError
 from pipeline.dataset import Features
-from pipeline.errors import FatError
 from student import create_ast
 from student.errors import StudentError
 

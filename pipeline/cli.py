@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from pipeline import __version__
+from pipeline.core.errors import FatError
 from pipeline.dvcargs import normalise_argv
-from pipeline.errors import FatError
 from pipeline.settings import add_options
 
 # Stage order = pipeline order; `fat --help` lists them in this order.

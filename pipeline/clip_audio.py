@@ -2,7 +2,7 @@
 
 Every stage that reads clips of a datafile (logits, train, evaluate, stats, predict by id) asks
 `open_clip_audio(clips, packed)` once and then calls `.read(i)`; whether the samples come from
-`pipeline.audio.read_audio(path)` or from `pipeline.packed.PackedAudio` is decided only here.
+`pipeline.core.audio.read_audio(path)` or from `pipeline.packed.PackedAudio` is decided only here.
 A FLAC-packed store returns the very float32 samples the WAV file gives, so a stage's results
 do not depend on the choice; a lossy store is flagged by `exact` (it belongs in the identity of
 anything computed from the samples, e.g. a teacher logits store).
@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.audio import read_audio
-from pipeline.errors import FatError
+from pipeline.core.audio import read_audio
+from pipeline.core.errors import FatError
 from pipeline.packed.reader import PackedAudio
 
 
@@ -74,7 +74,7 @@ class _Listed:
 
 
 class FileClipAudio(_Listed):
-    """Clips read from their files with `pipeline.audio.read_audio`."""
+    """Clips read from their files with `pipeline.core.audio.read_audio`."""
 
     def __init__(self, ids: Sequence[str], paths: Sequence[str], source: str) -> None:
         super().__init__(ids, source)

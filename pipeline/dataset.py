@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from pipeline.audio import read_audio, resample
+from pipeline.core.audio import read_audio, resample
+from pipeline.core.errors import FatError
 from pipeline.datafile import ClipList, LabelSet
-from pipeline.errors import FatError
 from pipeline.store import LogitsStore
 from student.features import kaldi_fbank, normalize, spec_augment
 
@@ -208,7 +208,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
 
 def resample_wave(wave: torch.Tensor, rate: int, new_rate: int) -> torch.Tensor:
-    """Band-limited resampling (pipeline.audio's), then the mean removed (AST centres every waveform)."""
+    """Band-limited resampling (pipeline.core.audio's), then the mean removed (AST centres every waveform)."""
     if rate != new_rate:
         wave = torch.from_numpy(np.ascontiguousarray(resample(wave.numpy(), rate, new_rate)))
     return wave - wave.mean()

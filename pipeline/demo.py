@@ -40,11 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_path, write_text_atomic
+from pipeline.core.atomic import atomic_path, write_text_atomic
+from pipeline.core.errors import FatError
+from pipeline.core.ffmpeg import ffmpeg_binary
+from pipeline.core.ids import subprocess_path
 from pipeline.datafile import LABEL_CSV_NAME, label_csv_text
-from pipeline.errors import FatError
-from pipeline.ffmpeg import ffmpeg_binary
-from pipeline.ids import subprocess_path
 from pipeline.settings import option
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from pipeline.core.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from pipeline.core.errors import FatError
+from pipeline.core.ids import YTID_PATTERN, is_valid_ytid, split_labels
 from pipeline.datafile.labels import LABEL_CSV_NAME, LabelSet, load_label_csv
-from pipeline.errors import FatError
-from pipeline.ids import YTID_PATTERN, is_valid_ytid, split_labels
 
 if TYPE_CHECKING:  # pandas is imported where used, so that `fat --help` stays fast
     import pandas as pd

@@ -1,6 +1,6 @@
 """`fat predict`: tag audio files with a teacher (or a trained student) and list the top labels.
 
-A file is decoded at any rate and format (pipeline.audio), resampled to the model's rate and
+A file is decoded at any rate and format (pipeline.core.audio), resampled to the model's rate and
 cut into windows of the model's input length with a hop; a file shorter than one window is
 padded to it, as in training. Each window gets its own top-k; the pooled result takes, per
 class, the maximum (or mean) probability over the windows.
@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from pipeline.core.errors import FatError
+from pipeline.core.ffmpeg import cache_dir
 from pipeline.datafile import LABEL_CSV_NAME, load_label_csv
-from pipeline.errors import FatError
-from pipeline.ffmpeg import cache_dir
 
 if TYPE_CHECKING:  # torch stays out of `fat predict --help`; the taggers import it when built
     import torch
@@ -177,7 +177,7 @@ def top_k(probs: np.ndarray, k: int, names: ClassNames) -> list[dict[str, Any]]:
 
 def tag_file(tagger: Tagger, path: Path, names: ClassNames, window_s: float, hop_s: float, k: int,
              pool: str, batch_size: int) -> dict[str, Any]:
-    from pipeline.audio import fit_length, read_audio, require_finite
+    from pipeline.core.audio import fit_length, read_audio, require_finite
 
     audio, rate = read_audio(path, sample_rate=tagger.sample_rate)
     require_finite(audio, path)

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline.core.errors import FatError
 from pipeline.datafile import LABEL_CSV_NAME, DatafileEntry, wav_reference, write_datafile, write_label_csv
-from pipeline.errors import FatError
 from pipeline.settings import nested, option
 from pipeline.validate.checks import SignalChecks, Thresholds
 

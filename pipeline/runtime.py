@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pipeline.errors import FatError
+from pipeline.core.errors import FatError
 from pipeline.settings import PRECISIONS
 
 

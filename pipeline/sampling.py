@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch.utils.data
 
-from pipeline.errors import FatError
+from pipeline.core.errors import FatError
 
 # AST's gen_weight_file.py: a class seen n times weighs 1000 / (n + 0.01).
 BALANCE_SCALE = 1000.0

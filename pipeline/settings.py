@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pipeline.errors import FatError
+from pipeline.core.errors import FatError
 
 METADATA_KEY = "fat"
 BOOL = argparse.BooleanOptionalAction

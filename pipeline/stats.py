@@ -13,9 +13,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from pipeline.audio import read_audio
+from pipeline.core.audio import read_audio
+from pipeline.core.errors import FatError
 from pipeline.datafile import ClipList
-from pipeline.errors import FatError
 from student import StudentError
 from student.features import SAMPLE_RATE, kaldi_fbank
 

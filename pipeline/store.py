@@ -1,6 +1,6 @@
 """The teacher logits store: one HDF5 file of `ids` (N,) and `logits` (N, C) plus provenance.
 
-Reading (`LogitsStore`): ids are indexed once into `pipeline.id_index.IdIndex` (numpy arrays,
+Reading (`LogitsStore`): ids are indexed once into `pipeline.core.id_index.IdIndex` (numpy arrays,
 no Python object per id), so a forked DataLoader worker shares it without copying and a
 spawned one receives it cheaply; the HDF5 file itself is opened lazily in whichever process
 reads rows, and the operating system's page cache holds its contents once for all of them.
@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_path
-from pipeline.errors import FatError
-from pipeline.id_index import IdIndex
+from pipeline.core.atomic import atomic_path
+from pipeline.core.errors import FatError
+from pipeline.core.id_index import IdIndex
 
 STORE_DTYPES = ("float16", "float32")
 CHUNK_ROWS = 256  # rows per HDF5 chunk: ~270 kB for 527 fp16 columns, one read per batch of neighbours

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from pipeline.ffmpeg import ffmpeg_binary
+from pipeline.core.ffmpeg import ffmpeg_binary
 
 CONTENT_TYPES = {".webm": "audio/webm", ".m4a": "audio/mp4", ".mp4": "video/mp4", ".wav": "audio/wav", ".csv": "text/csv"}
 

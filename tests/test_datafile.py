@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.core.errors import FatError
 from pipeline.datafile import (
     DatafileEntry, LabelSet, PackedStrings, load_clips, load_datafile, load_label_csv, wav_reference, write_datafile,
     write_label_csv,
 )
-from pipeline.errors import FatError
 from tests.train_fixtures import make_task
 
 AST_LABEL_CSV = 'index,mid,display_name\n0,/m/09x0r,"Speech"\n1,/m/05zppz,"Male speech, man speaking"\n2,/m/07rwj00,"Dog"\n'

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.audio import read_audio
+from pipeline.core.audio import read_audio
+from pipeline.core.errors import FatError
+from pipeline.datafile import load_clips
 from pipeline.dataset import (
     Augment,
     ClipDataset,
@@ -14,8 +16,6 @@ from pipeline.dataset import (
     load_teacher_table,
     mix_waves,
 )
-from pipeline.datafile import load_clips
-from pipeline.errors import FatError
 from student.features import kaldi_fbank, normalize
 from tests.train_fixtures import make_task, oracle_logits, write_label_csv, write_store
 

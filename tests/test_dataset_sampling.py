@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.errors import FatError
+from pipeline.core.errors import FatError
 from pipeline.sampling import EpochSampler, ShardSampler, balanced_weights
 
 

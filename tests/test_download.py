@@ -21,11 +21,11 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from pipeline.atomic import TEMP_MARKER
 from pipeline.cli import main
+from pipeline.core.atomic import TEMP_MARKER
+from pipeline.core.ffmpeg import ffmpeg_binary
 from pipeline.download.clip import ClipTask, FetchOptions
 from pipeline.download.pool import KillablePool, wait_for_orphans
-from pipeline.ffmpeg import ffmpeg_binary
 from pipeline.metadata import write_metadata_csv
 from tests import media_server as ms
 

@@ -19,8 +19,8 @@ import pytest
 import soundfile as sf
 
 from pipeline.cli import main
-from pipeline.errors import FatError
-from pipeline.ffmpeg import bundled_ffmpeg, ensure_ffmpeg_on_path, ffmpeg_binary, ffmpeg_description
+from pipeline.core.errors import FatError
+from pipeline.core.ffmpeg import bundled_ffmpeg, ensure_ffmpeg_on_path, ffmpeg_binary, ffmpeg_description
 from tests import media_server as ms
 from tests.test_download import assert_window, download_args, status_rows, write_split
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.errors import FatError
 from pipeline.download.backoff import GlobalBackoff
 from pipeline.download.environment import check_url_template, clip_url, is_youtube, youtube_warnings
 from pipeline.download.failures import (
@@ -16,7 +17,6 @@ from pipeline.download.failures import (
 )
 from pipeline.download.runner import Clip, select_shard
 from pipeline.download.status import StatusRow, StatusStore
-from pipeline.errors import FatError
 
 # Messages as yt-dlp prints them for YouTube (the texts users paste into issue trackers).
 YOUTUBE_MESSAGES = [

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.audio import write_wav
 from pipeline.cli import main
-from pipeline.errors import FatError
+from pipeline.core.audio import write_wav
+from pipeline.core.errors import FatError
 from pipeline.evaluate.reports import markdown_table, rows_to_json
 from pipeline.evaluate.rows import RANDOM_INIT_WARNING, EvalRow
 
@@ -95,8 +95,8 @@ def eval_set(tmp_path_factory: pytest.TempPathFactory) -> EvalSet:
 
 def _expected_scores(eval_set: EvalSet, r: int) -> np.ndarray:
     """The student's logits computed here, independently of fat evaluate's batching."""
-    from pipeline.audio import read_audio
     from pipeline.checkpoint import load_student
+    from pipeline.core.audio import read_audio
     from student.features import kaldi_fbank, normalize
     from student.tome import set_tome_r
 

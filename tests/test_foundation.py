@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline import atomic, audio, ffmpeg, ids, metrics
+from pipeline import metrics
 from pipeline.cli import build_parser, main
-from pipeline.errors import FatError
+from pipeline.core import atomic, audio, ffmpeg, ids
+from pipeline.core.errors import FatError
 
 
 @pytest.mark.parametrize("good", ["--4gqARaEJE", "abcdefghijk", "A_b-C_d-E_f", "-0Qx2kCxA7s"])

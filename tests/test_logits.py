@@ -17,9 +17,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from pipeline.audio import fit_length, read_audio
 from pipeline.cli import main
-from pipeline.errors import FatError
+from pipeline.core.audio import fit_length, read_audio
+from pipeline.core.errors import FatError
 from pipeline.logits.worklog import WorkLog
 from pipeline.store import LogitsStore
 from teacher import create_mn, load_teacher

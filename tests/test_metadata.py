@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.errors import FatError
+from pipeline.core.errors import FatError
 from pipeline.metadata import balanced_subset, class_counts, parse_segments_csv, read_metadata_csv
 from tests.media_server import MediaServer, write_label_csv, write_raw_segments
 

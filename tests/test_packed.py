@@ -24,14 +24,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from pipeline.audio import fit_length, read_audio
 from pipeline.cli import main
 from pipeline.clip_audio import open_clip_audio
+from pipeline.core.audio import fit_length, read_audio
+from pipeline.core.errors import FatError
 from pipeline.datafile import load_datafile
-from pipeline.errors import FatError
-from pipeline.packed.reader import PackedAudio
 from pipeline.packed.codecs import normalise_ogg_serial
 from pipeline.packed.format import CHUNK_BYTES
+from pipeline.packed.reader import PackedAudio
 
 RATE = 32000
 # (id, file name, rate, subtype, channels): AudioSet's own kind first, then what other datasets bring

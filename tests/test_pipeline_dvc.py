@@ -300,7 +300,7 @@ def _speech_commands_fixture(repo: Path) -> None:
     Speech Commands project as the README says (its pipeline and params in place), shrunk."""
     import numpy as np
 
-    from pipeline.audio import write_wav
+    from pipeline.core.audio import write_wav
 
     root = repo / "datasets/speech_commands_v0.02"
     rng = np.random.default_rng(0)

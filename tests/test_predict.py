@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from pipeline.audio import read_audio
 from pipeline.cli import main
-from pipeline.ffmpeg import ffmpeg_binary
+from pipeline.core.audio import read_audio
+from pipeline.core.ffmpeg import ffmpeg_binary
 from pipeline.predict import window_starts
 from teacher import load_teacher
 

@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 
 from pipeline.cli import main
+from pipeline.core.errors import FatError
 from pipeline.datafile import load_datafile, load_label_csv
-from pipeline.errors import FatError
 from pipeline.prepare import prepare_folder, prepare_speechcommands, stable_split
 
 WORDS = ("backward bed bird cat dog down eight five follow forward four go happy house learn left marvin nine no "

@@ -17,8 +17,8 @@ import yaml
 
 from pipeline import runtime
 from pipeline.cli import Parser, add_command, build_parser, main
+from pipeline.core.errors import FatError
 from pipeline.dvcargs import normalise_argv
-from pipeline.errors import FatError
 from pipeline.settings import (
     check_values, from_args, nested, option, options, params_keys, resume_invariant,
 )

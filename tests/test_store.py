@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import FatError
-from pipeline.id_index import IdIndex
+from pipeline.core.errors import FatError
+from pipeline.core.id_index import IdIndex
 from pipeline.logits.worklog import LogRecord, WorkLog
 from pipeline.store import LogitsStore, write_store
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.audio import write_wav
 from pipeline.cli import main
+from pipeline.core.audio import write_wav
 from student import create_ast
 from student.benchmark import Setting, time_settings
 from student.features import kaldi_fbank
@@ -145,7 +145,7 @@ def _datafile(tmp_path: Path, waves: dict[str, float]) -> Path:
 
 
 def test_stats_are_the_mean_and_std_of_the_padded_fbanks(tmp_path: Path, capsys) -> None:
-    from pipeline.audio import read_audio
+    from pipeline.core.audio import read_audio
 
     datafile = _datafile(tmp_path, {"a": 300.0, "b": 1200.0, "c": 2500.0})
     out = tmp_path / "stats.json"

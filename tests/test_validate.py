@@ -19,8 +19,8 @@ import pytest
 import soundfile as sf
 
 from pipeline.cli import main
+from pipeline.core.ffmpeg import ffmpeg_binary
 from pipeline.datafile import load_datafile, load_label_csv
-from pipeline.ffmpeg import ffmpeg_binary
 from pipeline.validate import REASONS, Thresholds, ValidateSettings, run_validate, source_from_metadata
 from pipeline.validate.checks import check_file, sniff
 

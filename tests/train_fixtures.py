@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.audio import write_wav
+from pipeline.core.audio import write_wav
 
 RATE = 32000
 SECONDS = 1.0

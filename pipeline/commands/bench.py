@@ -48,7 +48,7 @@ class BenchSettings:
 
 def build_model(choice: StudentChoice):  # noqa: ANN201 - (ASTModel, config dict); torch stays out of `fat --help`
     """(model, config) of a `StudentChoice`; StudentErrors become FatErrors."""
-    from pipeline.errors import FatError
+    from pipeline.core.errors import FatError
     from student import StudentError, create_ast
 
     try:
@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pipeline import runtime
-    from pipeline.atomic import write_json_atomic
-    from pipeline.errors import FatError
+    from pipeline.core.atomic import write_json_atomic
+    from pipeline.core.errors import FatError
     from student import StudentError
     from student.benchmark import sweep, table
     from student.tome import format_r_spec, parse_r, parse_r_spec

@@ -34,11 +34,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.core.ffmpeg import ensure_ffmpeg_on_path, ffmpeg_description
     from pipeline.download.environment import (
         YOUTUBE_WATCH_TEMPLATE, available_js_runtimes, check_url_template, is_youtube, youtube_warnings,
     )
     from pipeline.download.runner import Clip, DownloadConfig, run_download, select_shard
-    from pipeline.ffmpeg import ensure_ffmpeg_on_path, ffmpeg_description
     from pipeline.metadata import read_metadata_csv
 
     settings: DownloadSettings = from_args(DownloadSettings, args)

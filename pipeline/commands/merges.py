@@ -41,10 +41,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(namespace: argparse.Namespace) -> int:
     import torch
 
-    from pipeline.atomic import atomic_path
-    from pipeline.audio import read_audio
     from pipeline.checkpoint import student_features
-    from pipeline.errors import FatError
+    from pipeline.core.atomic import atomic_path
+    from pipeline.core.audio import read_audio
+    from pipeline.core.errors import FatError
     from student import StudentError
     from student.features import NORM_STATS, SAMPLE_RATE, normalize, wave_to_fbank
     from student.tome import parse_r_spec, set_tome_r

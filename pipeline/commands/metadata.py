@@ -56,7 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(namespace: argparse.Namespace) -> int:
-    from pipeline.errors import FatError
+    from pipeline.core.errors import FatError
     from pipeline.datafile import LABEL_CSV_NAME, load_label_csv
     from pipeline.metadata import (
         RAW_FILENAMES, balanced_subset, class_counts, copy_label_csv, fetch_raw_file, parse_segments_csv,

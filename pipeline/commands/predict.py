@@ -55,8 +55,8 @@ def run(namespace: argparse.Namespace) -> int:
     import json
 
     from pipeline import runtime
+    from pipeline.core.errors import FatError
     from pipeline.datafile import load_label_csv
-    from pipeline.errors import FatError
     from pipeline.predict import ClassNames, check_window, format_text, load_tagger, tag_file
 
     args = from_args(PredictSettings, namespace)

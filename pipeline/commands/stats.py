@@ -39,9 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(namespace: argparse.Namespace) -> int:
     import json
 
-    from pipeline.atomic import write_json_atomic
+    from pipeline.core.atomic import write_json_atomic
+    from pipeline.core.errors import FatError
     from pipeline.datafile import load_datafile
-    from pipeline.errors import FatError
     from pipeline.stats import fbank_stats
 
     args = from_args(StatsSettings, namespace)

@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.errors import FatError
+    from pipeline.core.errors import FatError
     from pipeline.training.loop import INTERRUPTED_EXIT, train
     from student.errors import StudentError
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from pipeline.core.errors import FatError
+from pipeline.core.ids import split_labels
 from pipeline.datafile.labels import LabelSet
-from pipeline.errors import FatError
-from pipeline.ids import split_labels
 
 
 class PackedStrings(Sequence[str]):

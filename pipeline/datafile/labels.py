@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.atomic import write_text_atomic
-from pipeline.errors import FatError
+from pipeline.core.atomic import write_text_atomic
+from pipeline.core.errors import FatError
 
 LABEL_CSV_NAME = "class_labels_indices.csv"
 LABEL_CSV_HEADER = ("index", "mid", "display_name")

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.errors import FatError
 from pipeline.datafile.clips import ClipList, PackedStrings
 from pipeline.datafile.labels import LabelSet
-from pipeline.errors import FatError
 
 
 def read_entries(path: str | Path) -> ClipList:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import atomic_path
+from pipeline.core.atomic import atomic_path
 
 
 @dataclass(frozen=True)

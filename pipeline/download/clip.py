@@ -31,12 +31,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.atomic import TEMP_MARKER
+from pipeline.core.atomic import TEMP_MARKER
+from pipeline.core.ffmpeg import ffmpeg_binary
+from pipeline.core.ids import check_ytid, subprocess_path
 from pipeline.download.failures import (
     FAILED, OK, UNAVAILABLE, classify, find_http_error, http_status_in, parse_retry_after,
 )
-from pipeline.ffmpeg import ffmpeg_binary
-from pipeline.ids import check_ytid, subprocess_path
 from pipeline.settings import option
 
 SECTION_PROTOCOLS = frozenset({"http", "https"})
@@ -68,7 +68,7 @@ class FetchOptions:
     js_runtimes: tuple[str, ...] = ()
     remote_components: tuple[str, ...] = option(
         (), "yt-dlp remote components it may fetch, e.g. ejs:github (default: none)", nargs="*", metavar="NAME")
-    ffmpeg: str = ""  # the runner's choice, absolute; empty: pipeline.ffmpeg.ffmpeg_binary() in the worker
+    ffmpeg: str = ""  # the runner's choice, absolute; empty: pipeline.core.ffmpeg.ffmpeg_binary() in the worker
 
 
 @dataclass

@@ -6,7 +6,7 @@ import importlib.util
 import shutil
 from urllib.parse import urlsplit
 
-from pipeline.errors import FatError
+from pipeline.core.errors import FatError
 
 YOUTUBE_WATCH_TEMPLATE = "https://www.youtube.com/watch?v={id}"
 JS_RUNTIMES: tuple[str, ...] = ("deno", "node", "bun")

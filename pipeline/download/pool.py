@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
+from pipeline.core.errors import FatError
 from pipeline.download.clip import ClipResult, ClipTask, FetchOptions
-from pipeline.errors import FatError
 
 _READY = "ready"
 
@@ -216,9 +216,9 @@ def _worker_main(conn: Connection, options: FetchOptions, lock_path: str) -> Non
     # A copy of the descriptor: the watch must not see the connection's own closing at exit.
     threading.Thread(target=_die_with_runner, args=(os.dup(conn.fileno()),), daemon=True).start()
 
+    from pipeline.core.ffmpeg import ensure_ffmpeg_on_path
     from pipeline.download.clip import fetch_clip
     from pipeline.download.warm import warm_up
-    from pipeline.ffmpeg import ensure_ffmpeg_on_path
 
     ensure_ffmpeg_on_path(options.ffmpeg or None)  # yt-dlp finds the runner's ffmpeg as `ffmpeg` on PATH
     warm_up()  # a no-op when the fork server already did it

@@ -23,7 +23,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.atomic import TEMP_MARKER, write_json_atomic, write_text_atomic
+from pipeline.core.atomic import TEMP_MARKER, write_json_atomic, write_text_atomic
+from pipeline.core.errors import FatError
 from pipeline.download.backoff import GlobalBackoff
 from pipeline.download.clip import ClipResult, ClipTask, FetchOptions, temp_dir_prefix
 from pipeline.download.environment import clip_url
@@ -31,7 +32,6 @@ from pipeline.download.failures import FAILED, OK, RATE_LIMITED, STATUSES, UNAVA
 from pipeline.download.pool import KillablePool, wait_for_orphans
 from pipeline.download.settings import DownloadSettings
 from pipeline.download.status import StatusRow, StatusStore, now_iso
-from pipeline.errors import FatError
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.core.errors import FatError
+from pipeline.core.ids import check_split_name
 from pipeline.download.clip import FetchOptions
-from pipeline.errors import FatError
-from pipeline.ids import check_split_name
 from pipeline.settings import check_values, nested, option
 
 

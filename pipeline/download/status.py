@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import FatError
+from pipeline.core.errors import FatError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS clips (

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import write_json_atomic, write_text_atomic
+from pipeline.core.atomic import write_json_atomic, write_text_atomic
 from pipeline.evaluate.plot import tradeoff_plot
 from pipeline.evaluate.rows import RANDOM_INIT_WARNING, EvalRow, primary_metric
 

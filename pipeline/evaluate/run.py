@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader
 
 from pipeline import runtime
 from pipeline.checkpoint import load_student, student_features
+from pipeline.core.errors import FatError
 from pipeline.datafile import ClipList, LabelSet, label_csv_beside, load_clips, load_label_csv
 from pipeline.dataset import ClipDataset
-from pipeline.errors import FatError
 from pipeline.evaluate.reports import write_reports
 from pipeline.evaluate.rows import EvalRow, primary_metric
 from pipeline.evaluate.scoring import chance_map, predict_all_r, ranks_by_map

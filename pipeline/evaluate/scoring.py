@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.core.errors import FatError
 from pipeline.datafile import ClipList
-from pipeline.errors import FatError
 from pipeline.evaluate.settings import TimingSettings
 from pipeline.evaluate.timing import precision_of
 from pipeline.runtime import Precision

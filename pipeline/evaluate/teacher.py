@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import FatError
+from pipeline.core.errors import FatError
 from pipeline.evaluate.rows import RANDOM_INIT_WARNING, EvalRow
 from pipeline.metrics import score
 from pipeline.store import LogitsStore

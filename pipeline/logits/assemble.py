@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.errors import FatError
 from pipeline.datafile import ClipList
-from pipeline.errors import FatError
 from pipeline.logits.failures import write_failure_report
 from pipeline.logits.settings import LogitsSettings
 from pipeline.logits.teacher_metrics import teacher_metrics

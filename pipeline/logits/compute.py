@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline import runtime
+from pipeline.core.errors import FatError
 from pipeline.datafile import ClipList
-from pipeline.errors import FatError
 from pipeline.logits.settings import SAMPLE_RATE, LogitsSettings
 from pipeline.logits.worklog import LogRecord, WorkLog
 
@@ -31,7 +31,7 @@ class ClipWaves:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, np.ndarray, str]:
-        from pipeline.audio import fit_length, read_audio, require_finite
+        from pipeline.core.audio import fit_length, read_audio, require_finite
 
         try:
             audio = require_finite(read_audio(self.paths[index], sample_rate=SAMPLE_RATE)[0], self.paths[index])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from pipeline.atomic import write_text_atomic
+from pipeline.core.atomic import write_text_atomic
 from pipeline.datafile import ClipList
 from pipeline.logits.settings import LogitsSettings
 

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import runtime
-from pipeline.atomic import write_json_atomic
+from pipeline.core.atomic import write_json_atomic
+from pipeline.core.errors import FatError
 from pipeline.datafile import LABEL_CSV_NAME, label_csv_beside, load_clips, load_label_csv
-from pipeline.errors import FatError
 from pipeline.logits.assemble import Outcome, finish
 from pipeline.logits.compute import compute
 from pipeline.logits.settings import LogitsSettings

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import FatError
+from pipeline.core.errors import FatError
 from pipeline.settings import check_values, device_option, option, paths, precision_option, threads_option
 from pipeline.store import STORE_DTYPES
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import write_json_atomic
+from pipeline.core.atomic import write_json_atomic
 from pipeline.datafile import ClipList
 from pipeline.logits.settings import LogitsSettings
 from pipeline.metrics import multilabel_metrics

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
-from pipeline.errors import FatError
+from pipeline.core.errors import FatError
 from pipeline.logits.settings import SAMPLE_RATE, LogitsSettings
 
 

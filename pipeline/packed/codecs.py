@@ -1,7 +1,7 @@
 """One clip in and out of its packed form: read the source, encode, decode back, check.
 
 Lossless (FLAC) keeps the source's integer samples and channels as they are, so decoding a
-packed clip and mixing it to mono is the very computation `pipeline.audio.read_audio` does on
+packed clip and mixing it to mono is the very computation `pipeline.core.audio.read_audio` does on
 the source file: the two give the same float32 samples, bit for bit. Lossy (Vorbis) encodes
 the mono float32 signal a stage would read, at the source's rate.
 
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
-from pipeline.audio import read_audio
-from pipeline.errors import FatError
+from pipeline.core.audio import read_audio
+from pipeline.core.errors import FatError
 from pipeline.packed.format import OGG_SERIAL, CodecSettings
 
 # Source sample formats FLAC stores exactly: subtype → (integer type soundfile reads, FLAC subtype, full scale).
@@ -88,7 +88,7 @@ def decode(data: bytes) -> tuple[np.ndarray, int]:
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:
-    """(frames, channels) → (frames,) float32, exactly as `pipeline.audio.read_audio` mixes channels."""
+    """(frames, channels) → (frames,) float32, exactly as `pipeline.core.audio.read_audio` mixes channels."""
     mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
     return np.ascontiguousarray(mono, dtype=np.float32)
 

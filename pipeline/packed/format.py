@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import FatError
+from pipeline.core.errors import FatError
 from pipeline.settings import check_values, option
 
 FORMAT = "fat-packed/1"

@@ -20,7 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
-from pipeline.errors import FatError
+from pipeline.core.errors import FatError
 
 Meta = TypeVar("Meta")
 Result = TypeVar("Result")

@@ -1,7 +1,7 @@
 """Read clips of packed audio stores by id, from any process.
 
 `PackedAudio(dirs)` reads every store's `index.json` and each shard's ids, offsets and per-clip
-columns once, and indexes the ids in the logits store's numpy hash table (`pipeline.id_index.
+columns once, and indexes the ids in the logits store's numpy hash table (`pipeline.core.id_index.
 IdIndex`): no Python object per clip, so forked DataLoader workers share it without copying
 and a spawned one receives it by pickle. The HDF5 files are opened lazily in whichever process
 reads, one handle per shard and process (a forked child never uses its parent's handles).
@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.audio import fit_length, resample
+from pipeline.core.audio import fit_length, resample
+from pipeline.core.errors import FatError
+from pipeline.core.id_index import IdIndex
 from pipeline.datafile import file_sha256
-from pipeline.errors import FatError
-from pipeline.id_index import IdIndex
 from pipeline.packed.codecs import CodecError, decode, to_mono
 from pipeline.packed.format import CODECS, FORMAT, INDEX_NAME, LOSSLESS, PER_CLIP, SHARD_NAME
 from pipeline.packed.shard import PER_CLIP_DTYPES, open_shard

@@ -1,6 +1,6 @@
 """One shard file: written whole under a temporary name, read back and checked, then renamed.
 
-The shard is assembled in a hidden temporary file beside its final name (`pipeline.atomic`).
+The shard is assembled in a hidden temporary file beside its final name (`pipeline.core.atomic`).
 Before `complete` is set, every clip's bytes are read back from the file and compared with the
 CRC32 computed when they were encoded, so a shard that carries its final name has been written
 and read back in full; a kill at any moment leaves at most a temporary file, which the next run
@@ -18,8 +18,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.atomic import atomic_path
-from pipeline.errors import FatError
+from pipeline.core.atomic import atomic_path
+from pipeline.core.errors import FatError
 from pipeline.packed.codecs import EncodedClip
 from pipeline.packed.format import CHUNK_BYTES, PER_CLIP
 from pipeline.store import _plain

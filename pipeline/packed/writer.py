@@ -31,9 +31,9 @@ from typing import Any
 import soundfile as sf
 
 from pipeline import __version__
-from pipeline.atomic import is_temp_path, write_json_atomic
+from pipeline.core.atomic import is_temp_path, write_json_atomic
+from pipeline.core.errors import FatError
 from pipeline.datafile import LABEL_CSV_NAME, file_sha256, load_datafile
-from pipeline.errors import FatError
 from pipeline.packed.codecs import EncodedClip, encode_batch
 from pipeline.packed.format import FORMAT, INDEX_NAME, SHARD_NAME, identity, identity_sha256, shard_count, shard_name
 from pipeline.packed.pool import ordered_map

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.errors import FatError
 from pipeline.datafile import label_csv_beside
-from pipeline.errors import FatError
 from pipeline.settings import (
     check_values, device_option, option, paths, precision_option, resume_invariant, threads_option,
 )

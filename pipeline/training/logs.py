@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import write_text_atomic
+from pipeline.core.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 

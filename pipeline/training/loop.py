@@ -21,14 +21,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pipeline import runtime
-from pipeline.errors import FatError
+from pipeline.core.errors import FatError
+from pipeline.core.workers import ignore_sigterm, killed_on_error
 from pipeline.training.averaging import WeightAverager
 from pipeline.training.config import RESUME_INVARIANT, TrainConfig, saved_config
 from pipeline.training.logs import RunLog
 from pipeline.training.schedule import LRSchedule
 from pipeline.training.scoring import validate, validation_loader
 from pipeline.training.state import STATE_NAME, check_compatible, check_same_data, load_state, rng_state, save_state, set_rng_state
-from pipeline.workers import ignore_sigterm, killed_on_error
 
 log = logging.getLogger(__name__)
 
@@ -336,8 +336,8 @@ class Trainer:
 
     def finish(self) -> None:
         """The weight-averaged model (or the last one) is validated and written as student.pt."""
-        from pipeline.atomic import write_json_atomic
         from pipeline.checkpoint import save_student
+        from pipeline.core.atomic import write_json_atomic
 
         cfg = self.config
         averaged = self.averager is not None and self.averager.count > 0

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from pipeline.atomic import atomic_path
-from pipeline.errors import FatError
+from pipeline.core.atomic import atomic_path
+from pipeline.core.errors import FatError
 
 FORMAT = "fat-train-state/1"
 STATE_NAME = "train_state.pt"

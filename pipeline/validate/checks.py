@@ -218,8 +218,8 @@ def _check_other_format(path: str, window_seconds: float, limits: Thresholds, sf
     if looks:
         return Verdict("unreadable", looks, 0.0)
     # Only binary non-text files reach ffmpeg: a text playlist could make it open other files or URLs.
-    from pipeline.audio import read_audio
-    from pipeline.errors import FatError
+    from pipeline.core.audio import read_audio
+    from pipeline.core.errors import FatError
 
     try:
         audio, rate = read_audio(path, mono=False)

@@ -27,13 +27,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from pipeline.atomic import atomic_path, write_bytes_atomic, write_json_atomic
+from pipeline.core.atomic import atomic_path, write_bytes_atomic, write_json_atomic
+from pipeline.core.errors import FatError
+from pipeline.core.ids import check_split_name, split_labels
 from pipeline.datafile import (
     LABEL_CSV_NAME, ClipList, DatafileEntry, LabelSet, PackedStrings, label_csv_beside, load_label_csv, read_entries,
     wav_reference, write_datafile,
 )
-from pipeline.errors import FatError
-from pipeline.ids import check_split_name, split_labels
 from pipeline.metadata import read_metadata_csv
 from pipeline.settings import check_values, nested, option
 from pipeline.validate.checks import PASS, REASONS, Thresholds, Verdict, check_file

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.errors import FatError
+from pipeline.core.errors import FatError
 
 YTID_PATTERN = re.compile(r"[A-Za-z0-9_-]{11}")  # used with fullmatch
 SPLIT_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")

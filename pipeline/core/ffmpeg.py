@@ -21,7 +21,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from pipeline.errors import FatError
+from pipeline.core.errors import FatError
 
 ENV_VAR = "FAT_FFMPEG"
 _LINK_PREFIX = "fat-ffmpeg-"  # names the PATH folders this module adds (skipped when FAT_FFMPEG is looked up)

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from pipeline.atomic import atomic_path
-from pipeline.errors import FatError
-from pipeline.ffmpeg import ffmpeg_binary
-from pipeline.ids import subprocess_path
+from pipeline.core.atomic import atomic_path
+from pipeline.core.errors import FatError
+from pipeline.core.ffmpeg import ffmpeg_binary
+from pipeline.core.ids import subprocess_path
 
 
 def read_audio(path: str | Path, sample_rate: int | None = None, mono: bool = True) -> tuple[np.ndarray, int]:
