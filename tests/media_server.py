@@ -20,7 +20,8 @@ from pathlib import Path
 
 from pipeline.core.ffmpeg import ffmpeg_binary
 
-CONTENT_TYPES = {".webm": "audio/webm", ".m4a": "audio/mp4", ".mp4": "video/mp4", ".wav": "audio/wav", ".csv": "text/csv"}
+CONTENT_TYPES = {".webm": "audio/webm", ".m4a": "audio/mp4", ".mp4": "video/mp4", ".wav": "audio/wav",
+                 ".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".flac": "audio/flac", ".csv": "text/csv"}
 
 # Behaviours a registered clip can have.
 SERVE = "serve"              # the file, with range support
@@ -271,12 +272,16 @@ def unused_port() -> int:
 # --------------------------------------------------------------------------- media made with ffmpeg
 
 MEDIA_KINDS = ("webm", "m4a", "mp4", "wav")
+# Every audio container the demo corpus uses too; MP3 is the one whose first presented sample is not at
+# its clock's 0 (LAME's 1105 samples of encoder delay put it at 25 ms).
+AUDIO_CONTAINERS = ("webm", "m4a", "ogg", "mp3", "flac", "wav")
 
 
 def make_media(path: Path, seconds: float, kind: str | None = None, sample_rate: int = 48000) -> Path:
     """Encode a stereo test signal (two tones + noise) of `seconds` into `path`.
 
-    Kinds follow what YouTube serves: webm (Opus), m4a (AAC), mp4 (H.264 video + AAC), plus wav.
+    Kinds follow what YouTube serves: webm (Opus), m4a (AAC), mp4 (H.264 video + AAC), plus what
+    other hosts and the demo corpus serve: ogg (Vorbis), mp3 (LAME), flac and wav.
     """
     kind = kind or path.suffix.lstrip(".")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -291,6 +296,12 @@ def make_media(path: Path, seconds: float, kind: str | None = None, sample_rate:
         command += ["-c:a", "aac", "-b:a", "64k", "-movflags", "+faststart"]
     elif kind == "webm":
         command += ["-c:a", "libopus", "-b:a", "48k"]
+    elif kind == "ogg":
+        command += ["-c:a", "libvorbis", "-q:a", "5"]
+    elif kind == "mp3":
+        command += ["-c:a", "libmp3lame", "-b:a", "160k"]
+    elif kind == "flac":
+        command += ["-c:a", "flac"]
     elif kind == "wav":
         command += ["-c:a", "pcm_s16le"]
     else:

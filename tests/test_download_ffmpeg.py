@@ -3,7 +3,9 @@
 The failure routes whose classification once hung on one version's wording (a zero-byte body, an
 HTML page behind a media URL, an HTTP error on the media read) and the window cut itself are run
 with imageio-ffmpeg's build and, where the machine has one, with the system's ffmpeg (Debian 12
-ships 5.1): a machine with another ffmpeg keeps being checked.
+ships 5.1): a machine with another ffmpeg keeps being checked. So are windows on the player's
+timeline in every container the demo serves (an MP3's first sample is 25 ms into its clock), at
+its start, ending at its end and reaching past it, and that both builds cut the same samples.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import imageio_ffmpeg
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -22,7 +25,7 @@ from pipeline.cli import main
 from pipeline.core.errors import FatError
 from pipeline.core.ffmpeg import bundled_ffmpeg, ensure_ffmpeg_on_path, ffmpeg_binary, ffmpeg_description
 from tests import media_server as ms
-from tests.test_download import assert_window, download_args, status_rows, write_split
+from tests.test_download import RATE, assert_window, decode_reference, download_args, status_rows, write_split
 
 
 def system_ffmpeg() -> str | None:
@@ -174,3 +177,114 @@ def test_routes_are_classified_alike_with_either_ffmpeg(
     assert_window(audio / "endofvideo1.wav", sources["short"], 8, 4.0)
     with sf.SoundFile(str(audio / "webmclip001.wav")) as handle:  # written by the chosen build
         assert handle.software == software_tag(binary, tmp_path)
+
+
+# ---------------------------------------------------------------------- windows on the player's timeline
+
+# (name, start, end) on a 12 s source: from its first presented sample, ending exactly at its end, and
+# reaching past its end (the 4 s there are all there is, and the clip passes).
+TIMELINE_WINDOWS = (("start", 0.0, 10.0), ("end", 2.0, 12.0), ("past", 8.0, 18.0))
+WEBM_CLOCK = RATE // 1000  # webm stamps packets in whole ms: after a seek a cut is as exact as that clock
+AAC_FRAME = 1024 * RATE // 44100  # ffmpeg 5.1 presents an m4a's end padding (under one AAC frame), 9.0 drops it
+
+
+def length_allowance(kind: str, start: float, end: float) -> int:
+    """Samples a clip may run over its window's length on the timeline (one for rounding, else why)."""
+    if end <= 12.0:
+        return 1
+    return {"webm": WEBM_CLOCK, "m4a": AAC_FRAME}.get(kind, 1)  # the source ends inside: what precedes it
+
+
+@pytest.fixture(scope="module")
+def containers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """12 s in every container at the demo's 44.1 kHz (where 5.1 claims 12.04 s for the MP3: delay and padding)."""
+    folder = tmp_path_factory.mktemp("containers")
+    return {kind: ms.make_media(folder / f"src12.{kind}", 12.0, sample_rate=44100) for kind in ms.AUDIO_CONTAINERS}
+
+
+def timeline_clips() -> dict[str, tuple[str, float, float]]:
+    """Clip id -> (container, start, end) for every container and window."""
+    return {f"{kind}{name}".ljust(11, "0"): (kind, start, end)
+            for kind in ms.AUDIO_CONTAINERS for name, start, end in TIMELINE_WINDOWS}
+
+
+def window_lag(wav: Path, reference: np.ndarray, start: float) -> int:
+    """How many samples (at the WAV's rate) the clip sits after where `start` is in `reference`.
+
+    The clip's second second is matched at every lag within ±40 ms, wide enough to see MP3's 25 ms of
+    encoder delay; the tones repeat every 4.5 ms but the noise in the signal does not.
+    """
+    audio, rate = sf.read(str(wav), dtype="float32", always_2d=True)
+    offset = min(rate, audio.shape[0] - rate)
+    piece = audio[offset:offset + rate, 0]
+    first = int(round(start * rate)) + offset
+    span = int(0.04 * rate)
+    lags = [lag for lag in range(-span, span + 1) if 0 <= first + lag and first + lag + piece.size <= reference.size]
+    errors = np.array([np.mean((reference[first + lag:first + lag + piece.size] - piece) ** 2) for lag in lags])
+    best = int(np.argmin(errors))
+    assert errors[best] < 1e-3 * float(np.mean(piece ** 2)) + 1e-6, f"{wav.name}: no lag within ±40 ms matches"
+    return lags[best]
+
+
+def cut_everywhere(root: Path, folder: Path, sources: dict[str, Path]) -> dict[str, dict]:
+    """Every timeline clip through the loopback server (sections) and through file:// (whole files)."""
+    clips = timeline_clips()
+    for ytid, (kind, _, _) in clips.items():
+        os.link(sources[kind], folder / ytid)  # no extension, as a video URL: ffmpeg reads the container
+    rows = [(ytid, start, end) for ytid, (_, start, end) in clips.items()]
+    with ms.MediaServer() as server:
+        for ytid, (kind, _, _) in clips.items():
+            server.add(ytid, sources[kind])
+        write_split(root / "http", "eval", rows)
+        assert main(download_args(root / "http", server.clip_template, "--workers", "4", "--clip-timeout", "60")) == 0
+    write_split(root / "file", "eval", rows)
+    assert main(download_args(root / "file", f"file://{folder}/{{id}}", "--workers", "4", "--clip-timeout", "60")) == 0
+    return {"http": status_rows(root / "http"), "file": status_rows(root / "file")}
+
+
+@pytest.mark.parametrize("which", ["imageio-ffmpeg", "system"])
+def test_windows_are_cut_on_the_players_timeline_in_every_container(
+        tmp_path: Path, clean_env, containers: dict[str, Path], which: str) -> None:
+    """t = 0 is the first presented sample (25 ms into an MP3's clock); a window ending at the media's end is whole."""
+    if which == "system":
+        binary = system_ffmpeg()
+        if binary is None:
+            pytest.skip("no system ffmpeg on PATH besides imageio-ffmpeg's build: only that build is checked here")
+        os.environ["FAT_FFMPEG"] = binary
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    rows = cut_everywhere(tmp_path, folder, containers)
+    references = {kind: decode_reference(path) for kind, path in containers.items()}  # a player's samples
+    for mode, reason in (("http", "section"), ("file", "whole")):
+        for ytid, (kind, start, end) in timeline_clips().items():
+            row = rows[mode][ytid]
+            assert (row["status"], row["reason"]) == ("ok", reason), f"{mode} {ytid}: {row['message']}"
+            wav = tmp_path / mode / "audio" / "eval" / f"{ytid}.wav"
+            over = sf.info(str(wav)).frames - (min(end, 12.0) - start) * RATE
+            assert -1 <= over <= length_allowance(kind, start, end), f"{mode} {ytid}: {over:+.0f} samples"
+            lag = window_lag(wav, references[kind], start)
+            assert abs(lag) <= (WEBM_CLOCK if kind == "webm" else 1), f"{mode} {ytid}: {lag / RATE * 1000:+.2f} ms"
+
+
+def test_both_ffmpegs_cut_the_same_samples(tmp_path: Path, clean_env, containers: dict[str, Path]) -> None:
+    """Within one sample, in every container: neither version's re-basing nor its packet times decide the cut."""
+    system = system_ffmpeg()
+    if system is None:
+        pytest.skip("no system ffmpeg on PATH besides imageio-ffmpeg's build: nothing to compare with")
+    clips = timeline_clips()
+    write_split(tmp_path / "bundled", "eval", [(ytid, start, end) for ytid, (_, start, end) in clips.items()])
+    write_split(tmp_path / "system", "eval", [(ytid, start, end) for ytid, (_, start, end) in clips.items()])
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for ytid, (kind, _, _) in clips.items():
+        os.link(containers[kind], folder / ytid)
+    template = f"file://{folder}/{{id}}"
+    assert main(download_args(tmp_path / "bundled", template, "--workers", "4")) == 0
+    os.environ["FAT_FFMPEG"] = system
+    assert main(download_args(tmp_path / "system", template, "--workers", "4")) == 0
+    for ytid, (kind, _, end) in clips.items():
+        bundled, _ = sf.read(str(tmp_path / "bundled" / "audio" / "eval" / f"{ytid}.wav"), dtype="float32")
+        system_wav = tmp_path / "system" / "audio" / "eval" / f"{ytid}.wav"
+        over = sf.info(str(system_wav)).frames - bundled.size
+        assert -1 <= over <= (AAC_FRAME if kind == "m4a" and end > 12.0 else 1), f"{ytid}: {over:+d} samples"
+        assert abs(window_lag(system_wav, bundled, 0.0)) <= 1, ytid

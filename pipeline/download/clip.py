@@ -29,7 +29,9 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 from pipeline.core.atomic import TEMP_MARKER
 from pipeline.core.ffmpeg import ffmpeg_binary
@@ -169,9 +171,9 @@ def _finish(task: ClipTask, options: FetchOptions, work_dir: Path, mode: str, so
             input_options: dict, duration: float | None, download_bytes: int) -> ClipResult:
     """Cut and convert `source`, verify the WAV, and rename it to its final name."""
     wav = work_dir / "audio.wav"
-    source_duration = _ffmpeg_window_to_wav(options.ffmpeg or ffmpeg_binary(), source, input_options, task, wav)
-    duration = source_duration if source_duration is not None else duration
-    audio_seconds = _verify_wav(wav, task, duration, options.length_tolerance)
+    claim = _ffmpeg_window_to_wav(options.ffmpeg or ffmpeg_binary(), source, input_options, task, wav)
+    duration = claim.length if claim.length is not None else duration
+    audio_seconds = _verify_wav(wav, task, duration, options.length_tolerance, claim.overstated_by)
     final = Path(task.out_dir) / f"{task.ytid}.wav"
     with open(wav, "rb+") as handle:
         os.fsync(handle.fileno())
@@ -279,31 +281,59 @@ def _failure_from_ytdlp(exc: Exception, messages: _MessageLog) -> ClipFailure:
     return ClipFailure(status, reason, message, parse_retry_after(retry_after))
 
 
-_DURATION = re.compile(r"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
+_DURATION = re.compile(r"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)(?:, start: (-?\d+(?:\.\d+)?))?")
+_FRAMECRC_TIME_BASE = re.compile(r"^#tb 0: (\d+)/(\d+)\s*$", re.MULTILINE)
 
 
 SEEK_MARGIN = 1.0  # seconds decoded before the window so that codec priming (AAC, Opus) settles
 
 
-def _ffmpeg_window_to_wav(binary: str, source: str, input_options: dict, task: ClipTask, wav: Path) -> float | None:
-    """Decode [start, end) of `source` to mono PCM-16 WAV; return the source's duration if ffmpeg knew it.
+class FirstFrame(NamedTuple):
+    """The first decoded audio frames on the container's clock (see `_first_frame`)."""
 
-    A fast input seek to 1 s before the window, then a sample-exact `atrim`: seeking straight to
-    `start` drops up to one codec frame (about 21 ms of AAC) at the cut.
+    time: float  # s: where the clock puts the first presented sample, the timeline's t = 0
+    longest: float  # s: the longest of the first frames, about one codec frame
 
-    Times are the container's own timestamps (`-copyts`, `-seek_timestamp`), not ffmpeg's
-    re-based ones: ffmpeg 5.1 re-bases webm/Opus on its first packet (-7 ms, the codec delay)
-    and 9.0 on its first sample, which put the same window 7.5 ms apart.
+
+class Claim(NamedTuple):
+    """What the source says about its length, on the timeline (see `_claimed_length`)."""
+
+    length: float | None  # s from the first presented sample to the claimed end; None: no claim
+    overstated_by: float  # s the claim may exceed the last presented sample without anything missing
+
+
+def _ffmpeg_window_to_wav(binary: str, source: str, input_options: dict, task: ClipTask, wav: Path) -> Claim:
+    """Decode [start, end) of `source`'s timeline to mono PCM-16 WAV; return the source's claimed length.
+
+    AudioSet's seconds are positions on the player's timeline, whose t = 0 is the first presented
+    sample of the audio. Containers put that sample at different times of their own clock: 0 for
+    Opus in webm (the decoder drops its 6.5 ms pre-skip), AAC in mp4, Vorbis, FLAC and WAV, but
+    25 ms for a LAME MP3 (1105 samples of encoder delay). ffmpeg's re-basing of that clock differs
+    between versions (5.1 re-bases webm/Opus on its first packet, -7 ms; 9.0 on its first sample)
+    and honours MP3's delay, so none of it is used: both passes run on the container's own clock
+    (`-copyts`, `-seek_timestamp`), `_first_frame` measures where it puts the first presented
+    sample, and the window is cut from `first + start` for `end - start`.
+
+    The cut: a fast input seek to 1 s before the window, then a sample-exact `atrim` (seeking
+    straight to the window drops up to one codec frame, ~21 ms of AAC). Times within the decoded
+    stretch are counted in samples from its first frame (`asetpts=STARTPTS+N/SR/TB`), not taken
+    from each packet: 5.1 stamps Opus frames with webm's whole-ms packet times, 0.5 ms off the
+    samples, where 9.0 counts. So both versions cut the same samples, exactly those of a decode
+    from the start for a window starting within 1 s; after a seek, within webm's 1 ms clock.
+    The returned length is on the same timeline (`_claimed_length`), for `_verify_wav`.
     """
     import ffmpeg as ffmpeg_python
 
-    seek = max(0.0, task.start - SEEK_MARGIN)
+    first = _first_frame(binary, source, input_options)
+    start = first.time + task.start
+    seek = max(0.0, start - SEEK_MARGIN)
     input_options = {**input_options, "seek_timestamp": "1"}
     if seek > 0:
-        input_options["ss"] = f"{seek:.3f}"
+        input_options["ss"] = f"{seek:.6f}"
     audio = (
         ffmpeg_python.input(source, **input_options)["a:0"]
-        .filter("atrim", start=f"{task.start:.6f}", duration=f"{task.end - task.start:.6f}")
+        .filter("asetpts", "STARTPTS+N/SR/TB")
+        .filter("atrim", start=f"{start:.6f}", duration=f"{task.end - task.start:.6f}")
         .filter("asetpts", "PTS-STARTPTS")
     )
     output = audio.output(subprocess_path(wav), ac=1, ar=task.sample_rate, acodec="pcm_s16le", f="wav", map_metadata=-1)
@@ -312,7 +342,32 @@ def _ffmpeg_window_to_wav(binary: str, source: str, input_options: dict, task: C
                              check=False)
     if process.returncode != 0 or not wav.is_file():
         raise _ffmpeg_failure(process.returncode, _decoded_frames(wav), _ffmpeg_error(process.stderr))
-    return _source_duration(process.stderr)
+    return _claimed_length(process.stderr, first)
+
+
+def _first_frame(binary: str, source: str, input_options: dict) -> FirstFrame:
+    """Where the container's clock puts the first sample a player presents (the timeline's t = 0).
+
+    Measured, not read from ffmpeg's description of the input (whose `start:` is the first
+    packet's time in 5.1 and the first sample's in 9.0 for webm/Opus): two audio frames are decoded
+    on the container's clock (`-copyts`), so the decoder has already dropped what the codec
+    says is not presented (MP3 encoder delay, Opus pre-skip, an mp4 edit list), and its
+    timestamps come back through the `framecrc` muxer, ffmpeg's machine-readable frame list
+    (its regression-test format: `#tb` time base, then stream, dts, pts, duration, size, CRC).
+    No frame decoded means no audio could be read: the same `not-media` as an empty cut.
+    The longer frame's duration is about one codec frame (1152 samples of MP3, 1024 of AAC).
+    """
+    options = [arg for key, value in input_options.items() for arg in (f"-{key}", str(value))]
+    command = [binary, "-nostdin", "-hide_banner", "-nostats", "-loglevel", "error", "-copyts", *options,
+               "-i", source, "-map", "0:a:0", "-frames:a", "2", "-c:a", "pcm_s16le", "-f", "framecrc", "-"]
+    process = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
+                             check=False)
+    time_base = _FRAMECRC_TIME_BASE.search(process.stdout)
+    frames = [line.split(",") for line in process.stdout.splitlines() if line.strip() and not line.startswith("#")]
+    if process.returncode != 0 or time_base is None or not frames or min(len(frame) for frame in frames) < 4:
+        raise _ffmpeg_failure(process.returncode, 0, _ffmpeg_error(process.stderr))
+    tick = Fraction(int(time_base.group(1)), int(time_base.group(2)))
+    return FirstFrame(float(int(frames[0][2]) * tick), float(max(int(frame[3]) for frame in frames) * tick))
 
 
 def _ffmpeg_failure(returncode: int, frames: int, message: str) -> ClipFailure:
@@ -342,18 +397,28 @@ def _decoded_frames(wav: Path) -> int:
         return 0
 
 
-def _source_duration(stderr: str) -> float | None:
-    """The source's duration from ffmpeg's description of its input (None when it printed none).
+def _claimed_length(stderr: str, first: FirstFrame) -> Claim:
+    """How long the source says it lasts, measured on the timeline (from its first presented sample).
 
-    The one place ffmpeg's text is read: its input summary ("Duration: 00:00:12.01") has kept this
-    form across versions, and without it a short end-of-video window is only `failed/truncated`
-    (retried), never wrongly accepted.
+    The one place ffmpeg's wording is read: its input summary ("Duration: 00:00:12.01, start:
+    0.025057") has kept this form across versions, and without it a short end-of-video window is
+    only `failed/truncated` (retried), never wrongly accepted. ffmpeg counts that duration from
+    the container's earliest timestamp (`start`, the first packet: -7 ms for Opus in 5.1), not
+    from the first presented sample, so the claimed end is moved onto the timeline; a summary
+    without `start` (WAV) counts from the first sample.
+
+    A claim may count whole codec frames, priming included: 5.1's MP3 demuxer claims 2.80 s for
+    a 2.75 s LAME file (its 1105 samples of delay and 884 of padding), which 9.0 claims exactly.
+    So the claim is allowed to exceed what is there by the priming (the first sample's time,
+    when positive) plus one codec frame; a transfer cut shorter than that is beyond telling.
     """
+    overstated_by = max(first.time, 0.0) + first.longest
     match = _DURATION.search(stderr)
     if not match:
-        return None
-    hours, minutes, seconds = match.groups()
-    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        return Claim(None, overstated_by)
+    hours, minutes, seconds, start = match.groups()
+    duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    return Claim(duration if start is None else float(start) + duration - first.time, overstated_by)
 
 
 def _ffmpeg_error(stderr: str) -> str:
@@ -363,8 +428,13 @@ def _ffmpeg_error(stderr: str) -> str:
     return " | ".join(lines[-4:]) if lines else "no output"
 
 
-def _verify_wav(wav: Path, task: ClipTask, duration: float | None, tolerance: float) -> float:
-    """Decode the written WAV and check format and length; return its length in seconds."""
+def _verify_wav(wav: Path, task: ClipTask, duration: float | None, tolerance: float,
+                overstated_by: float = 0.0) -> float:
+    """Decode the written WAV and check format and length; return its length in seconds.
+
+    `duration` is the source's claimed length on the window's timeline; a window reaching past it
+    may come out shorter, down to where the claim could really end (`overstated_by` before it).
+    """
     import soundfile as sf
 
     try:
@@ -375,14 +445,15 @@ def _verify_wav(wav: Path, task: ClipTask, duration: float | None, tolerance: fl
         raise ClipFailure(FAILED, "ffmpeg", f"the written WAV is {rate} Hz with {audio.shape[1]} channels")
     length = audio.shape[0] / rate
     window = task.end - task.start
-    if duration is not None and task.start >= duration - tolerance:
+    if duration is not None and task.start >= duration - tolerance - (overstated_by if length == 0 else 0.0):
         raise ClipFailure(UNAVAILABLE, "window-outside-video",
                           f"the window starts at {task.start:g} s but the video lasts {duration:.3f} s")
     expected = window if duration is None else min(task.end, duration) - task.start
+    shortest = window if duration is None else min(task.end, duration - overstated_by) - task.start
     if length == 0:
         known = "duration unknown" if duration is None else f"lasts {duration:.3f} s"
         raise ClipFailure(FAILED, "truncated", f"no audio in the window {task.start:g}–{task.end:g} s (source {known})")
-    if length < expected - tolerance:
+    if length < shortest - tolerance:
         known = "duration unknown" if duration is None else f"the source claims {duration:.3f} s"
         raise ClipFailure(FAILED, "truncated", f"got {length:.3f} s of audio, expected {expected:.3f} s ({known})")
     if length > window + tolerance:
