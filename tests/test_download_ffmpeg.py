@@ -43,7 +43,10 @@ def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """PATH restored afterwards (ensure_ffmpeg_on_path edits it), links in a private cache, no FAT_FFMPEG."""
     monkeypatch.setenv("PATH", os.environ.get("PATH", ""))
     monkeypatch.setenv("FAT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("FAT_FFMPEG", raising=False)
+    # setenv first so that monkeypatch records FAT_FFMPEG's state and restores it: the tests set
+    # it through os.environ, which would otherwise leak into every later test.
+    monkeypatch.setenv("FAT_FFMPEG", "")
+    monkeypatch.delenv("FAT_FFMPEG")
 
 
 def software_tag(binary: str, folder: Path) -> str:
