@@ -1,8 +1,14 @@
 """Can the input pipeline feed the training step? Clips/s of one DataLoader worker against the model.
 
-Input side: one process with one torch thread (what a DataLoader worker is) turning real 10 s
-32 kHz WAV files into training items: read → resample to 16 kHz → kaldi fbank (1024 frames) →
-waveform mixup (AST's rate 0.5) → SpecAugment (48/192) → normalise, as `fat train` does.
+Worker side: one process with one torch thread (what a DataLoader worker is) on real 10 s 32 kHz
+clips, as WAV files and (`--packed`) as a `fat pack` FLAC store. "before" is the per-clip item
+workers built until features moved to the device (read, a mixup partner read from disk at
+rate 0.5, resample to 16 kHz, kaldi fbank of 1024 frames, SpecAugment 48/192, normalise);
+"after" is today's item, decode only (`pipeline.dataset.ClipDataset`).
+Device side: `pipeline.dataset.DeviceInputs.training` on a batch of 32 (resample + in-batch
+mixup 0.5 + fbank + SpecAugment 48/192 + normalise) in ms per clip, against a base384
+forward + backward on the same device (`--device`; a small `--model-batch` on the CPU, scaled
+per clip), as a share of it.
 Model side: a full training step (forward, loss, backward, Adam) of AST tiny224 and base384 at
 stride 10/10 (1212 patches) for each r, on this machine's CPU threads. Without a GPU, the H100
 step rate is estimated from the analytic FLOPs: 3 × forward FLOPs per clip (forward + backward)
@@ -10,15 +16,18 @@ at an assumed bf16 model-FLOPs utilisation of the H100's dense peak.
 
     python -m bench.train_input                       # defaults below (-m: bench/student.py would shadow the package)
     python -m bench.train_input --sizes tiny224 --r 0 8 16 32 --steps 3
+    python -m bench.train_input --device cuda --packed     # where a GPU exists
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,22 +54,86 @@ def write_clips(folder: Path, count: int, seconds: float, rate: int = 32000) -> 
     return folder / "bench.json", folder / "labels.csv"
 
 
-def input_rate(datafile: Path, labels: Path, items: int, mixup: float) -> tuple[float, float]:
-    """Training items per second in this process (one thread): (per wall second, per CPU second).
+def before_item(dataset: Any, index: int, rng: np.random.Generator, mixup: float) -> torch.Tensor:
+    """The per-clip training item workers computed before (the reference path): features on the CPU."""
+    from student.features import normalize, spec_augment, wave_to_fbank
 
-    On a shared machine the wall rate drops with other load; the CPU-time rate is what one
-    dedicated core (a DataLoader worker on an otherwise idle host core) delivers.
+    wave, rate = dataset.load_wave(index)
+    wave = wave - wave.mean()
+    if mixup > 0 and rng.random() < mixup:
+        other, _ = dataset.load_wave(int(rng.integers(len(dataset))))  # the partner: a second read
+        other = torch.nn.functional.pad(other - other.mean(), (0, max(0, wave.shape[0] - other.shape[0])))
+        lam = float(rng.beta(10.0, 10.0))
+        wave = lam * wave + (1 - lam) * other[: wave.shape[0]]
+    fbank = wave_to_fbank(wave, rate, 1024)  # resampled to 16 kHz, kaldi fbank, padded/cut
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    return normalize(spec_augment(fbank, 48, 192, generator=generator), -4.27, 4.57)
+
+
+def worker_rates(dataset: Any, items: int, mixup: float) -> dict[str, float]:
+    """Clips per CPU second of this process (one thread): before (full per-clip item) and after (decode only).
+
+    CPU time, not wall time: on a shared machine it is what one dedicated core delivers.
     """
-    from pipeline.datafile import load_clips, load_label_csv
-    from pipeline.dataset import Augment, ClipDataset, Features
+    rng = np.random.default_rng(0)
+    before_item(dataset, 0, rng, mixup)  # warm-up: imports, resampling kernel
+    dataset[0]
+    rates = {}
+    for name, make in (("before", lambda k: before_item(dataset, k % len(dataset), rng, mixup)),
+                       ("after", lambda k: dataset[(k % len(dataset), k)])):
+        cpu_start = time.process_time()
+        for k in range(items):
+            make(k)
+        rates[name] = items / (time.process_time() - cpu_start)
+    return rates
 
-    clips = load_clips([datafile], load_label_csv(labels), require_files=True)
-    dataset = ClipDataset(clips, Features(1024, 128), Augment(mixup=mixup, freqm=48, timem=192))
-    dataset[(0, 0)]  # warm-up: imports, resampling kernel
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for k in range(items):
-        dataset[(k % len(clips), 1000 + k)]
-    return items / (time.perf_counter() - start), items / (time.process_time() - cpu_start)
+
+def device_side(dataset: Any, device: torch.device, batch: int, model_batch: int, rounds: int) -> tuple[float, float]:
+    """(ms per clip of the batch features + augmentation, ms per clip of base384 forward + backward) on `device`."""
+    from pipeline.dataset import Augment, DeviceInputs, Features, batch_generator, collate_clips
+    from student import create_ast
+
+    waves = collate_clips([dataset[k % len(dataset)] for k in range(batch)])
+    inputs = DeviceInputs(Features(1024, 128), device)
+    augment = Augment(mixup=0.5, freqm=48, timem=192)
+
+    def features(step: int) -> torch.Tensor:
+        return inputs.training(waves, augment, batch_generator(0, 1, step)).features
+
+    def timed(work: Any) -> float:
+        work(0)  # warm-up
+        synchronize(device)
+        start = time.perf_counter()
+        for step in range(rounds):
+            work(step + 1)
+        synchronize(device)
+        return (time.perf_counter() - start) / rounds
+
+    feature_ms = 1000 * timed(features) / batch
+    torch.manual_seed(0)
+    model = create_ast("base384", 527, 128, 1024, 10, 10).to(device)
+    x = features(0)[:model_batch].contiguous()
+
+    def forward_backward(_step: int) -> None:
+        model(x).float().sum().backward()
+
+    model_ms = 1000 * timed(forward_backward) / model_batch
+    return feature_ms, model_ms
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def packed_store(datafile: Path, labels: Path, out: Path) -> Path:
+    """`fat pack` the bench clips with the default codec (FLAC)."""
+    from pipeline.cli import main as fat
+
+    command = ["pack", "--datafile", str(datafile), "--labels", str(labels), "--out-dir", str(out), "--workers", "1"]
+    if fat(command) != 0:
+        raise SystemExit("fat pack failed")
+    return out
 
 
 def step_rate(size: str, r: int, batch: int, steps: int) -> tuple[float, float]:
@@ -104,22 +177,46 @@ def main() -> None:
                         help="assumed H100 bf16 model-FLOPs utilisation for the estimate (0..1)")
     parser.add_argument("--workers", type=int, default=14,
                         help="DataLoader workers of a 16-core GPU host (two cores left for the trainer)")
+    parser.add_argument("--device", default="cpu", help="device of the device-side features and model (cpu, cuda)")
+    parser.add_argument("--feature-batch", type=int, default=32, help="clips per device-side feature batch")
+    parser.add_argument("--model-batch", type=int, default=2,
+                        help="base384 forward+backward batch on the device (small on a CPU; scaled per clip)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds of the device side (count)")
+    parser.add_argument("--packed", action="store_true", help="also time a `fat pack` FLAC store of the clips")
+    parser.add_argument("--no-steps", action="store_true", help="skip the training-step table")
     args = parser.parse_args()
 
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}")
+    device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
+        from pipeline.datafile import load_clips, load_label_csv
+        from pipeline.dataset import ClipDataset, Features
+
         datafile, labels = write_clips(Path(tmp), args.clips, 10.0)
+        clips = load_clips([datafile], load_label_csv(labels), require_files=True)
+        stores = {"WAV": ClipDataset(clips, Features(1024, 128))}
+        if args.packed:
+            if "packed" not in inspect.signature(ClipDataset).parameters:
+                raise SystemExit("--packed needs ClipDataset's `packed` setting (packed-audio integration)")
+            store = packed_store(datafile, labels, Path(tmp) / "packed")
+            stores["packed FLAC"] = ClipDataset(clips, Features(1024, 128), packed=[store])
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
-        plain = input_rate(datafile, labels, args.items, mixup=0.0)
-        mixed = input_rate(datafile, labels, args.items, mixup=0.5)
+        rates = {name: worker_rates(dataset, args.items, mixup=0.5) for name, dataset in stores.items()}
         torch.set_num_threads(threads)
-    print("\ninput pipeline, one worker (1 thread), 10 s clips, SpecAugment 48/192 (clips/s per wall s, per CPU s):")
-    print(f"  no mixup:  {plain[0]:7.1f} {plain[1]:7.1f}")
-    print(f"  mixup 0.5: {mixed[0]:7.1f} {mixed[1]:7.1f}   → {args.workers} workers ≈ {mixed[1] * args.workers:7.0f} clips/s "
-          f"(CPU-time rate; {mixed[0] * args.workers:.0f} at this machine's wall rate)")
-    loader = mixed[1] * args.workers
+        print("\nworker side, one worker (1 thread), 10 s 32 kHz clips, clips per CPU second:")
+        print(f"  {'store':12s} {'before':>8s} {'after':>8s} {'ratio':>6s}   (before: full per-clip item, mixup 0.5, "
+              "SpecAugment 48/192; after: decode only)")
+        for name, rate in rates.items():
+            print(f"  {name:12s} {rate['before']:8.1f} {rate['after']:8.1f} {rate['after'] / rate['before']:5.2f}x")
+        feature_ms, model_ms = device_side(stores["WAV"], device, args.feature_batch, args.model_batch, args.rounds)
+        print(f"\ndevice side on {device} ({torch.get_num_threads()} threads): resample + mixup + fbank + SpecAugment "
+              f"on a batch of {args.feature_batch}: {feature_ms:.2f} ms/clip; base384 fwd+bwd (batch "
+              f"{args.model_batch}): {model_ms:.1f} ms/clip; features = {100 * feature_ms / model_ms:.2f} % of it")
+    if args.no_steps:
+        return
+    loader = rates["WAV"]["after"] * args.workers
 
     print(f"\ntraining step (fwd + bwd + Adam), stride 10/10, 1024 frames; H100 estimate at "
           f"{args.mfu:.0%} of {H100_BF16_DENSE_TFLOPS:.0f} TFLOPS bf16:")

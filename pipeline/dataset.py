@@ -1,17 +1,20 @@
-"""The training/evaluation dataset over a clip list: wav → 16 kHz → kaldi fbank → normalise → augment.
+"""The training/evaluation dataset over a clip list: DataLoader workers only decode.
 
-Items follow AST's recipe: optional waveform mixup with a uniformly drawn partner (λ ~ Beta(10, 10),
-labels mixed with the same λ), SpecAugment before normalisation, optional noise and time roll
-after it. Clips are mixed at their files' own rate and resampled to 16 kHz once: resampling is
-linear, so this is the same mix as AST's (which mixes 16 kHz files) for half the resampling work.
+An item is the clip's waveform at its stored rate (with its length), its multi-hot target, its
+teacher logits row and its index; `collate_clips` pads a batch of them. Everything after
+decoding runs on the training device per batch (`DeviceInputs`): AST's recipe of waveform
+mixup (λ ~ Beta(10, 10), labels and the teacher's KD target mixed with the same partner and λ;
+the partner comes from the same batch, `student.augment.MixPlan`), resampling to 16 kHz and
+kaldi fbank (`student.frontend.BatchFbank`), SpecAugment before normalisation, then optional
+noise and time roll. Training, validation, `fat evaluate` and `fat predict` share that one
+feature path, so train and test features cannot drift.
+
 Teacher logits are looked up by clip id once, at construction, and held in one shared-memory
-tensor; the KD target is mixed in the loss from the clip's and the partner's teacher
-probabilities (see student.kd).
-
-Nothing big is copied per DataLoader worker: the clip list (`pipeline.datafile.ClipList`) keeps
-paths and ids in numpy byte buffers and labels as CSR integer arrays, and teacher logits live in
-shared memory. Item randomness comes from the seed the sampler hands out with each index, so the
-same (seed, epoch, position) gives the same item whatever the number of workers.
+tensor. Nothing big is copied per DataLoader worker: the clip list (`pipeline.datafile.ClipList`)
+keeps paths and ids in numpy byte buffers and labels as CSR integer arrays. Items hold no
+randomness: a batch's augmentation is drawn from a generator the training loop seeds from
+(seed, epoch, batch, rank), so the same seed gives the same batches whatever the number of
+workers, and a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -25,16 +28,19 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from pipeline.core.audio import read_audio, resample
+from pipeline.core.audio import read_audio
 from pipeline.core.errors import FatError
 from pipeline.datafile import ClipList, LabelSet
 from pipeline.store import LogitsStore
-from student.features import kaldi_fbank, normalize, spec_augment
+from student import torchaudio_ops
+from student.augment import MixPlan
+from student.features import spec_augment
+from student.frontend import BatchFbank, fit_frames_batch
+from student.kd import TeacherMix
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-MIXUP_BETA = 10.0  # AST draws the mixup weight from Beta(10, 10)
 MISSING_TEACHER_POLICIES = ("error", "mask")
 
 
@@ -108,7 +114,7 @@ def load_teacher_table(store_path: str | Path, clips: ClipList, label_set: Label
 class Augment:
     """Training-time augmentation (AST's recipe); all off = evaluation."""
 
-    mixup: float = 0.0  # fraction of items mixed with a random partner
+    mixup: float = 0.0  # fraction of clips mixed with a partner from the same batch
     freqm: int = 0  # SpecAugment max frequency-mask width (mel bins)
     timem: int = 0  # SpecAugment max time-mask width (frames)
     noise: bool = False  # AST's Speech Commands noise: + U[0,1) · u/10 after normalisation
@@ -128,9 +134,9 @@ class Features:
 class ClipDataset(torch.utils.data.Dataset):
     """Items for training or evaluation; keys are an index, or (index, seed) from EpochSampler.
 
-    Each item: fbank (T, F) float32, target (C,) float32 (mixed under mixup), teacher (C,) and
-    partner_teacher (C,) float32 logits, teacher_mask / partner_mask (bool), lam (float32, 1.0
-    when unmixed), index (the clip's row, for gathering predictions).
+    Each item: wave (S,) float32 at the file's rate, length and rate (int64), target (C,)
+    float32, teacher (C,) float32 logits and teacher_mask (bool), index (the clip's row, for
+    gathering predictions). Features and augmentation are computed per batch by `DeviceInputs`.
     """
 
     def __init__(self, clips: ClipList, features: Features, augment: Augment | None = None,
@@ -146,26 +152,14 @@ class ClipDataset(torch.utils.data.Dataset):
         return len(self.clips)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        augment = self.augment if seed is not None else Augment()
-        rng = np.random.default_rng(seed if seed is not None else index)
+        index = key[0] if isinstance(key, tuple) else key
         wave, rate = self.load_wave(index)
-        target = self.clips.multi_hot(index)
-        lam, partner = 1.0, index
-        if augment.mixup > 0 and rng.random() < augment.mixup:
-            partner = int(rng.integers(len(self.clips)))
-            lam = float(rng.beta(MIXUP_BETA, MIXUP_BETA))
-            other, other_rate = self.load_wave(partner)
-            if other_rate != rate:
-                other = resample_wave(other, other_rate, rate)
-            wave = mix_waves(wave - wave.mean(), other - other.mean(), lam)
-            target = lam * target + (1.0 - lam) * self.clips.multi_hot(partner)
-        fbank = self.fbank(resample_wave(wave, rate, SAMPLE_RATE), augment, rng)
         return {
-            "fbank": fbank,
-            "target": torch.from_numpy(target.astype(np.float32)),
-            **self.teacher_fields(index, partner),
-            "lam": torch.tensor(lam, dtype=torch.float32),
+            "wave": wave.float(),
+            "length": torch.tensor(wave.shape[0], dtype=torch.int64),
+            "rate": torch.tensor(rate, dtype=torch.int64),
+            "target": torch.from_numpy(self.clips.multi_hot(index).astype(np.float32)),
+            **self.teacher_fields(index),
             "index": torch.tensor(index, dtype=torch.int64),
         }
 
@@ -180,45 +174,92 @@ class ClipDataset(torch.utils.data.Dataset):
             raise FatError(f"{path}: clip {self.clips.ids[index]} is shorter than one 25 ms frame")
         return torch.from_numpy(audio), rate
 
-    def fbank(self, wave: torch.Tensor, augment: Augment, rng: np.random.Generator) -> torch.Tensor:
-        features = self.features
-        fbank = kaldi_fbank(wave, features.target_frames, features.num_mel_bins)
-        if augment.freqm or augment.timem:
-            generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-            fbank = spec_augment(fbank, augment.freqm, augment.timem, generator=generator)
-        fbank = normalize(fbank, features.mean, features.std)
-        if augment.noise:
-            noise = torch.from_numpy(rng.random(fbank.shape, dtype=np.float32))
-            fbank = fbank + noise * float(rng.random()) / 10.0
-        if augment.time_shift:
-            fbank = torch.roll(fbank, int(rng.integers(-augment.time_shift, augment.time_shift)), dims=0)
-        return fbank.float().contiguous()
-
-    def teacher_fields(self, index: int, partner: int) -> dict[str, torch.Tensor]:
+    def teacher_fields(self, index: int) -> dict[str, torch.Tensor]:
         if self.teacher is None:
-            empty = torch.zeros(self.clips.num_classes, dtype=torch.float32)
-            no = torch.tensor(False)
-            return {"teacher": empty, "teacher_mask": no, "partner_teacher": empty, "partner_mask": no}
-        return {
-            "teacher": self.teacher.logits[index].float(),
-            "teacher_mask": self.teacher.present[index].clone(),
-            "partner_teacher": self.teacher.logits[partner].float(),
-            "partner_mask": self.teacher.present[partner].clone(),
-        }
+            return {"teacher": torch.zeros(self.clips.num_classes, dtype=torch.float32),
+                    "teacher_mask": torch.tensor(False)}
+        return {"teacher": self.teacher.logits[index].float(), "teacher_mask": self.teacher.present[index].clone()}
 
 
-def resample_wave(wave: torch.Tensor, rate: int, new_rate: int) -> torch.Tensor:
-    """Band-limited resampling (pipeline.core.audio's), then the mean removed (AST centres every waveform)."""
-    if rate != new_rate:
-        wave = torch.from_numpy(np.ascontiguousarray(resample(wave.numpy(), rate, new_rate)))
-    return wave - wave.mean()
+def collate_clips(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Waves zero-padded to the longest clip (B, S) with lengths (B,) and one rate; the rest stacked.
+
+    A batch whose files have different rates is resampled to 16 kHz here (the resampler
+    `BatchFbank` uses), so a batch always has one rate; lists of one rate pass through untouched.
+    """
+    rates = {int(item["rate"]) for item in items}
+    waves = [item["wave"] for item in items]
+    rate = rates.pop() if len(rates) == 1 else SAMPLE_RATE
+    if rate == SAMPLE_RATE and any(int(item["rate"]) != SAMPLE_RATE for item in items):
+        waves = [w if int(item["rate"]) == SAMPLE_RATE else torchaudio_ops.resample(w, int(item["rate"]), SAMPLE_RATE)
+                 for w, item in zip(waves, items)]
+    lengths = torch.tensor([w.shape[0] for w in waves], dtype=torch.int64)
+    padded = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
+    for row, wave in enumerate(waves):
+        padded[row, : wave.shape[0]] = wave
+    batch = {key: torch.stack([item[key] for item in items]) for key in ("target", "teacher", "teacher_mask", "index")}
+    return {"wave": padded, "length": lengths, "rate": torch.tensor(rate, dtype=torch.int64), **batch}
 
 
-def mix_waves(first: torch.Tensor, second: torch.Tensor, lam: float) -> torch.Tensor:
-    """AST's waveform mixup: the partner fitted to the first clip's length, weighted sum, re-centred."""
-    if second.shape[0] < first.shape[0]:
-        second = torch.nn.functional.pad(second, (0, first.shape[0] - second.shape[0]))
-    else:
-        second = second[: first.shape[0]]
-    mixed = lam * first + (1.0 - lam) * second
-    return mixed - mixed.mean()
+def batch_generator(*seeds: int) -> torch.Generator:
+    """A CPU generator for one batch's augmentation, seeded from e.g. (seed, epoch, batch, rank)."""
+    state = np.random.SeedSequence([int(s) for s in seeds]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+@dataclass(frozen=True)
+class TrainInputs:
+    """One training batch on the device: model input, mixed targets, and the KD target's mix."""
+
+    features: torch.Tensor  # (B, T, F)
+    target: torch.Tensor  # (B, C), mixed as the audio
+    plan: MixPlan
+
+    def teacher_mix(self, teacher: torch.Tensor, mask: torch.Tensor | None) -> TeacherMix:
+        return self.plan.teacher_mix(teacher, mask)
+
+
+class DeviceInputs:
+    """The one feature path from a `collate_clips` batch to the model's input, on the model's device."""
+
+    def __init__(self, features: Features, device: torch.device | str = "cpu") -> None:
+        self.features = features
+        self.device = torch.device(device)
+        self.frontend = BatchFbank(features.target_frames, features.num_mel_bins, features.mean,
+                                   features.std).to(self.device)
+
+    def evaluation(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Normalised features (B, T, F), no augmentation."""
+        waves, lengths = self._waves(batch)
+        return self.frontend(waves, lengths, int(batch["rate"]))
+
+    def training(self, batch: dict[str, torch.Tensor], augment: Augment, generator: torch.Generator) -> TrainInputs:
+        """AST's training recipe on the batch: mixup → fbank → SpecAugment → normalise → noise → time roll.
+
+        All random numbers come from `generator` (CPU), so a seed gives the same batch on every device.
+        """
+        waves, lengths = self._waves(batch)
+        count = waves.shape[0]
+        plan = (MixPlan.draw(count, augment.mixup, generator, self.device) if augment.mixup > 0
+                else MixPlan.none(count, self.device))
+        if augment.mixup > 0:
+            waves = plan.mix_waves(waves, lengths)
+        logmel, _ = self.frontend.fbank(waves, lengths, int(batch["rate"]))
+        fbank = fit_frames_batch(logmel, self.features.target_frames)
+        if augment.freqm or augment.timem:
+            fbank = spec_augment(fbank, augment.freqm, augment.timem, generator=generator)
+        fbank = (fbank - self.features.mean) / (2 * self.features.std)
+        if augment.noise:  # AST's Speech Commands noise: + U[0,1) · u/10 per clip
+            scale = torch.rand(count, generator=generator)[:, None, None] / 10
+            noise = torch.rand(fbank.shape, generator=generator) * scale
+            fbank = fbank + noise.to(self.device)
+        if augment.time_shift:  # a circular roll per clip, as torch.roll(fbank, k, dims=0) per item
+            shifts = torch.randint(-augment.time_shift, augment.time_shift, (count,), generator=generator)
+            frames = fbank.shape[1]
+            source = (torch.arange(frames)[None] - shifts[:, None]) % frames
+            fbank = fbank.gather(1, source.to(self.device)[..., None].expand(-1, -1, fbank.shape[2]))
+        target = plan.mix_targets(batch["target"].to(self.device, non_blocking=True))
+        return TrainInputs(fbank.contiguous(), target, plan)
+
+    def _waves(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch["wave"].to(self.device, non_blocking=True), batch["length"].to(self.device, non_blocking=True)

@@ -98,13 +98,17 @@ class StudentTagger:
     def logits(self, windows: np.ndarray) -> np.ndarray:
         import torch
 
-        from student.features import kaldi_fbank, normalize
+        from student.frontend import BatchFbank
 
         f = self.features
-        fbanks = torch.stack([normalize(kaldi_fbank(torch.from_numpy(w), f.target_frames, f.num_mel_bins), f.mean, f.std)
-                              for w in windows]).to(self.device)
-        with torch.inference_mode(), self.precision.autocast():
-            return self.model(fbanks).float().cpu().numpy()
+        # The feature module training and fat evaluate use (student.frontend), on the model's device.
+        frontend = BatchFbank(f.target_frames, f.num_mel_bins, f.mean, f.std).to(self.device)
+        waves = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
+        lengths = torch.full((waves.shape[0],), waves.shape[1], dtype=torch.int64)
+        with torch.inference_mode():
+            fbanks = frontend(waves, lengths, self.sample_rate)  # fp32, outside autocast
+            with self.precision.autocast():
+                return self.model(fbanks).float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "student", "name": self.name, "checkpoint": str(self.path),

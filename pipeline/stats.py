@@ -17,7 +17,8 @@ from pipeline.core.audio import read_audio
 from pipeline.core.errors import FatError
 from pipeline.datafile import ClipList
 from student import StudentError
-from student.features import SAMPLE_RATE, kaldi_fbank
+from student.features import SAMPLE_RATE
+from student.frontend import BatchFbank, fit_frames_batch
 
 
 def fbank_stats(datafile: ClipList, frames: int | None = 1024, limit: int | None = None, seed: int = 0,
@@ -26,13 +27,16 @@ def fbank_stats(datafile: ClipList, frames: int | None = 1024, limit: int | None
     indices = np.arange(len(datafile))
     if limit is not None and limit < len(indices):
         indices = np.sort(np.random.default_rng(seed).choice(indices, size=limit, replace=False))
+    frontend = BatchFbank(frames or 1)  # the feature module training and evaluation use
     total = total_sq = 0.0
     cells = 0
     for done, index in enumerate(indices, 1):
         path, clip_id = datafile.paths[index], datafile.ids[index]
         try:
             wave, _ = read_audio(path, SAMPLE_RATE)
-            fbank = kaldi_fbank(torch.from_numpy(np.ascontiguousarray(wave)), frames).double()
+            wave = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]
+            logmel, counts = frontend.fbank(wave, torch.tensor([wave.shape[1]]), SAMPLE_RATE)
+            fbank = (logmel[0, : int(counts[0])] if frames is None else fit_frames_batch(logmel, frames)[0]).double()
         except (StudentError, FatError, OSError, RuntimeError) as exc:
             raise FatError(f"clip {clip_id} ({path}): {exc}") from None
         total += float(fbank.sum())

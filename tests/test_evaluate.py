@@ -112,6 +112,23 @@ def _expected_scores(eval_set: EvalSet, r: int) -> np.ndarray:
     return np.stack(rows)
 
 
+def test_the_batch_feature_path_gives_the_per_clip_paths_logits(eval_set: EvalSet) -> None:
+    """fat evaluate's loader and `DeviceInputs` (padded batches, the batched fbank) against a
+    random-init student fed the per-clip torchaudio features: the same logits within 1e-4."""
+    from pipeline.checkpoint import load_student, student_features
+    from pipeline.datafile import load_clips, load_label_csv
+    from pipeline.dataset import ClipDataset, DeviceInputs, collate_clips
+    from torch.utils.data import DataLoader
+
+    model, config = load_student(eval_set.checkpoint)
+    clips = load_clips([eval_set.datafile], load_label_csv(eval_set.labels))
+    loader = DataLoader(ClipDataset(clips, student_features(config)), batch_size=4, collate_fn=collate_clips)
+    inputs = DeviceInputs(student_features(config))
+    with torch.inference_mode():
+        ours = np.concatenate([model(inputs.evaluation(batch)).numpy() for batch in loader])
+    assert np.abs(ours - _expected_scores(eval_set, 0)).max() <= 1e-4
+
+
 def test_evaluate_writes_metrics_speed_flops_tokens_for_every_r(eval_set: EvalSet, tmp_path: Path) -> None:
     from pipeline.metrics import multilabel_metrics
 

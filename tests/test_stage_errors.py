@@ -40,12 +40,12 @@ class Case:
 
 
 CASES = {
-    "train-worker": Case("train", "pipeline.dataset:ClipDataset.fbank", "worker"),
+    "train-worker": Case("train", "pipeline.dataset:ClipDataset.teacher_fields", "worker"),
     "train-main": Case("train", "pipeline.training.loop:Trainer.optimizer_step", "main", after=1, workers=3),
     "train-main-no-workers": Case("train", "pipeline.training.loop:Trainer.optimizer_step", "main", workers=0),
     "logits-worker": Case("logits", "pipeline.logits.compute:collate_waves", "worker", after=1),
     "logits-main": Case("logits", "pipeline.logits.compute:ensemble_logits", "main", after=1),
-    "evaluate-worker": Case("evaluate", "pipeline.dataset:ClipDataset.fbank", "worker", after=1),
+    "evaluate-worker": Case("evaluate", "pipeline.dataset:ClipDataset.teacher_fields", "worker", after=1),
     "evaluate-main": Case("evaluate", "pipeline.evaluate.scoring:forward_scores", "main", after=1),
     "validate-worker": Case("validate", "pipeline.validate.runner:_checked", "worker", after=1, workers=2),
     "validate-main": Case("validate", "pipeline.validate.runner:_label_verdict", "main", after=3, workers=2),

@@ -67,7 +67,7 @@ def learned(task):
 def test_tiny_ast_learns_a_generated_multilabel_task(task, learned):
     from pipeline.checkpoint import load_student
     from pipeline.datafile import load_clips, load_label_csv
-    from pipeline.dataset import ClipDataset, Features
+    from pipeline.dataset import ClipDataset, DeviceInputs, Features, collate_clips
     from pipeline.metrics import multilabel_metrics
     from student import create_ast
 
@@ -76,7 +76,7 @@ def test_tiny_ast_learns_a_generated_multilabel_task(task, learned):
     assert result["final"]["mAP"] >= 0.9, result["final"]
     clips = load_clips([task.valid], load_label_csv(task.labels), require_files=True)
     dataset = ClipDataset(clips, Features(96, 128))
-    fbank = torch.stack([dataset[i]["fbank"] for i in range(len(dataset))])
+    fbank = DeviceInputs(dataset.features).evaluation(collate_clips([dataset[i] for i in range(len(dataset))]))
     # The untrained model (same seed, same initial weights) is far from it: this is learning.
     torch.manual_seed(0)
     untrained = create_ast("tiny224", 4, 128, 96, 16, 16).eval()

@@ -108,7 +108,7 @@ def test_sigterm_and_kill_then_resume_equal_an_uninterrupted_run(task):
 def test_torchrun_two_gloo_ranks_train_and_score_every_validation_clip(task):
     from pipeline.checkpoint import load_student
     from pipeline.datafile import load_clips, load_label_csv
-    from pipeline.dataset import ClipDataset, Features
+    from pipeline.dataset import ClipDataset, DeviceInputs, Features, collate_clips
     from pipeline.metrics import multilabel_metrics
 
     out = task.root / "ddp"
@@ -127,7 +127,8 @@ def test_torchrun_two_gloo_ranks_train_and_score_every_validation_clip(task):
     dataset = ClipDataset(clips, Features(64, 128))
     model, _ = load_student(out / "student.pt")
     with torch.no_grad():
-        scores = model(torch.stack([dataset[i]["fbank"] for i in range(len(dataset))])).numpy()
+        batch = collate_clips([dataset[i] for i in range(len(dataset))])
+        scores = model(DeviceInputs(dataset.features).evaluation(batch)).numpy()
     assert multilabel_metrics(task.valid_targets, scores)["mAP"] == pytest.approx(result["final"]["mAP"], abs=1e-6)
     assert sorted(p.name for p in out.iterdir() if p.suffix in (".pt", ".json")) == \
         ["result.json", "student.pt", "train_state.pt"]

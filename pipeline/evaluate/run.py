@@ -17,7 +17,7 @@ from pipeline import runtime
 from pipeline.checkpoint import load_student, student_features
 from pipeline.core.errors import FatError
 from pipeline.datafile import ClipList, LabelSet, label_csv_beside, load_clips, load_label_csv
-from pipeline.dataset import ClipDataset
+from pipeline.dataset import ClipDataset, DeviceInputs, collate_clips
 from pipeline.evaluate.reports import write_reports
 from pipeline.evaluate.rows import EvalRow, primary_metric
 from pipeline.evaluate.scoring import chance_map, predict_all_r, ranks_by_map
@@ -46,7 +46,7 @@ def load_eval_set(settings: EvaluateSettings) -> tuple[ClipList, LabelSet, np.nd
 def _loader(clips: ClipList, config: dict[str, Any], batch_size: int, workers: int) -> Any:
     """Evaluation items (no augmentation), features exactly as `fat train` computes them."""
     return DataLoader(ClipDataset(clips, student_features(config)), batch_size=batch_size, shuffle=False,
-                      num_workers=workers)
+                      num_workers=workers, collate_fn=collate_clips)
 
 
 def evaluate_student(path: Path, name: str, kind: str, r_settings: Sequence[str], clips: ClipList,
@@ -67,8 +67,9 @@ def evaluate_student(path: Path, name: str, kind: str, r_settings: Sequence[str]
         except StudentError as exc:
             raise FatError(f"--r {r}: {exc}") from None
     loader = _loader(clips, config, timing.batch_size, workers)
-    scores, _ = predict_all_r(model, loader, r_settings, timing)
-    speeds = measure_throughput(model, timing_batch(loader, timing.batch_size), r_settings, timing)
+    inputs = DeviceInputs(student_features(config), timing.device)  # the features fat train computes
+    scores, _ = predict_all_r(model, loader, inputs, r_settings, timing)
+    speeds = measure_throughput(model, timing_batch(loader, inputs, timing.batch_size), r_settings, timing)
     rows = []
     for r in r_settings:
         spec = parse_r_spec(r)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from pipeline.core.errors import FatError
+from pipeline.dataset import DeviceInputs
 from pipeline.datafile import ClipList
 from pipeline.evaluate.settings import TimingSettings
 from pipeline.evaluate.timing import precision_of
@@ -17,15 +18,15 @@ from student.tome import parse_r_spec, set_tome_r
 
 
 def predict_all_r(
-    model: Any, loader: Any, r_settings: Sequence[str], timing: TimingSettings,
+    model: Any, loader: Any, inputs: DeviceInputs, r_settings: Sequence[str], timing: TimingSettings,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Scores (N, C) per r setting for every clip of `loader` (batches with "fbank" and "index")."""
+    """Scores (N, C) per r setting for every clip of `loader` (`collate_clips` batches), features by `inputs`."""
     device, precision = torch.device(timing.device), precision_of(timing)
     chunks: dict[str, list[np.ndarray]] = {r: [] for r in r_settings}
     order: list[np.ndarray] = []
     with torch.inference_mode():
         for batch in loader:
-            features, index = batch["fbank"].to(device), batch["index"]
+            features, index = inputs.evaluation(batch).to(device), batch["index"]
             for r in r_settings:
                 set_tome_r(model, parse_r_spec(r))
                 chunks[r].append(forward_scores(model, features, precision))

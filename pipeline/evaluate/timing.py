@@ -38,9 +38,11 @@ def measure_throughput(model: Any, batch: Any, r_settings: Sequence[str], timing
     return {r: batch.shape[0] * timing.timed_batches / timings[r].seconds for r in r_settings}
 
 
-def timing_batch(loader: Any, batch_size: int) -> Any:
-    """One batch of real eval features, repeated up to `batch_size` clips if the set is smaller."""
-    features = next(iter(loader))["fbank"]
+def timing_batch(loader: Any, inputs: Any, batch_size: int) -> Any:
+    """One batch of real eval features (`DeviceInputs.evaluation`), repeated up to `batch_size` clips
+    if the set is smaller."""
+    with torch.inference_mode():
+        features = inputs.evaluation(next(iter(loader)))
     if features.shape[0] < batch_size:
         repeats = math.ceil(batch_size / features.shape[0])
         features = torch.cat([features] * repeats)[:batch_size]

@@ -88,7 +88,7 @@ class Trainer:
 
     def build_data(self) -> None:
         from pipeline.datafile import load_clips, load_label_csv
-        from pipeline.dataset import Augment, ClipDataset, Features, load_teacher_table
+        from pipeline.dataset import Augment, ClipDataset, DeviceInputs, Features, collate_clips, load_teacher_table
         from pipeline.sampling import EpochSampler, balanced_weights
 
         cfg = self.config
@@ -107,6 +107,8 @@ class Trainer:
             log.info("teacher logits for %.1f %% of the training clips", 100 * teacher.coverage)
         features = Features(cfg.target_frames, cfg.num_mel_bins, cfg.norm_mean, cfg.norm_std)
         augment = Augment(cfg.mixup, cfg.freqm, cfg.timem, cfg.noise, cfg.time_shift)
+        self.augment = augment
+        self.inputs = DeviceInputs(features, self.context.device)  # features and augmentation, per batch
         self.train_set = ClipDataset(self.train_clips, features, augment, teacher)
         self.valid_set = ClipDataset(self.valid_clips, features)
         weights = None
@@ -119,6 +121,7 @@ class Trainer:
         self.train_loader = DataLoader(
             self.train_set, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.num_workers,
             pin_memory=cuda, worker_init_fn=worker_init, persistent_workers=cfg.num_workers > 0,
+            collate_fn=collate_clips,
         )
         self.valid_loader = validation_loader(self.valid_set, self.context, cfg.eval_batch_size or 2 * cfg.batch_size,
                                               cfg.num_workers, worker_init)
@@ -246,7 +249,7 @@ class Trainer:
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 total, terms = self.forward_loss(batch, device)
                 self.scaler.scale(total / cfg.accum_steps).backward()
-            clips = batch["fbank"].shape[0]
+            clips = batch["wave"].shape[0]
             values = torch.stack([total.detach().double(), terms["label"].double(), terms["kd"].double(),
                                   terms["teacher_coverage"].double()])
             sums += torch.cat([values * clips, torch.tensor([clips], dtype=torch.float64, device=device)])
@@ -281,20 +284,23 @@ class Trainer:
         return True
 
     def forward_loss(self, batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, dict]:
-        from student.kd import TeacherMix, kd_loss
+        from pipeline.dataset import batch_generator
+        from student.kd import kd_loss
 
         cfg = self.config
-        fbank = batch["fbank"].to(device, non_blocking=True)
-        target = batch["target"].to(device, non_blocking=True)
+        # The batch's augmentation is drawn from (seed, epoch, batch, rank): a resumed run and a
+        # run with another number of workers get the same batches.
+        generator = batch_generator(cfg.seed, self.epoch, self.batches_done, self.context.rank)
+        inputs = self.inputs.training(batch, self.augment, generator)
+        target = inputs.target
         teacher = mask = mix = None
         if cfg.uses_teacher:
             teacher = batch["teacher"].to(device, non_blocking=True)
             mask = batch["teacher_mask"].to(device, non_blocking=True)
-            if cfg.mixup > 0:
-                mix = TeacherMix(batch["lam"].to(device), batch["partner_teacher"].to(device, non_blocking=True),
-                                 batch["partner_mask"].to(device))
+            if cfg.mixup > 0:  # the KD target mixed with the audio's partner and λ
+                mix = inputs.teacher_mix(teacher, mask)
         with self.precision.autocast():
-            logits = self.ddp(fbank)
+            logits = self.ddp(inputs.features)
         return kd_loss(logits.float(), target, teacher, cfg.kd_lambda, cfg.kd_temperature, teacher_mask=mask,
                        multi_label=cfg.multi_label, mix=mix)
 

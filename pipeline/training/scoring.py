@@ -11,21 +11,23 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pipeline import runtime
-from pipeline.dataset import ClipDataset
+from pipeline.dataset import ClipDataset, DeviceInputs, collate_clips
 from pipeline.metrics import score
 from pipeline.runtime import Precision
 from pipeline.sampling import ShardSampler
 
 
 @torch.no_grad()
-def predict_shard(model: nn.Module, loader: DataLoader, device: torch.device, precision: Precision) -> tuple[np.ndarray, np.ndarray]:
-    """(clip indices, float32 logits) of this rank's shard."""
+def predict_shard(model: nn.Module, loader: DataLoader, inputs: DeviceInputs,
+                  precision: Precision) -> tuple[np.ndarray, np.ndarray]:
+    """(clip indices, float32 logits) of this rank's shard, features from the one batch path (`DeviceInputs`)."""
     was_training = model.training
     model.eval()
     indices, logits = [], []
     for batch in loader:
+        features = inputs.evaluation(batch)  # fp32: the fbank stays outside autocast
         with precision.autocast():
-            out = model(batch["fbank"].to(device, non_blocking=True))
+            out = model(features)
         indices.append(batch["index"].numpy())
         logits.append(out.float().cpu().numpy())
     model.train(was_training)
@@ -39,7 +41,7 @@ def validation_loader(dataset: ClipDataset, context: runtime.Context, batch_size
     return DataLoader(
         dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), context.rank, context.world_size),
         num_workers=num_workers, pin_memory=context.device.type == "cuda", worker_init_fn=worker_init_fn,
-        persistent_workers=num_workers > 0,
+        persistent_workers=num_workers > 0, collate_fn=collate_clips,
     )
 
 
@@ -70,7 +72,7 @@ def validation_loss(targets: np.ndarray, logits: np.ndarray, multi_label: bool) 
 def validate(model: nn.Module, loader: DataLoader, dataset: ClipDataset, context: runtime.Context,
              precision: Precision, multi_label: bool, with_accuracy: bool | None = None) -> dict[str, float]:
     """Metrics over the whole validation set on rank 0; {} on the other ranks (they only predict)."""
-    indices, logits = predict_shard(model, loader, context.device, precision)
+    indices, logits = predict_shard(model, loader, DeviceInputs(dataset.features, context.device), precision)
     ordered = gather_predictions(context, indices, logits, len(dataset))
     if ordered is None:
         return {}
