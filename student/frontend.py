@@ -27,26 +27,31 @@ PREEMPHASIS = 0.97
 LOW_FREQ = 20.0
 
 
-def _mel(hz: torch.Tensor | float) -> torch.Tensor | float:
+def _mel(hz: float) -> float:
     """Kaldi's mel scale, 1127·ln(1 + f/700)."""
-    if isinstance(hz, torch.Tensor):
-        return 1127.0 * torch.log1p(hz / 700.0)
-    return 1127.0 * math.log1p(hz / 700.0)
+    return 1127.0 * math.log(1.0 + hz / 700.0)
 
 
 def kaldi_mel_banks(num_bins: int, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT,
                     low_freq: float = LOW_FREQ, high_freq: float | None = None) -> torch.Tensor:
-    """Triangles evenly spaced on the mel scale, (num_bins, n_fft // 2 + 1); the Nyquist column is zero as in Kaldi."""
+    """Triangles evenly spaced on the mel scale, (num_bins, n_fft // 2 + 1); the Nyquist column is zero as in Kaldi.
+
+    Computed in float32 in the same order of operations as Kaldi's (and torchaudio's) filter
+    bank: near the log floor the fbank is so ill-conditioned that a weight 1e-5 off moves a
+    quiet cell by more than the 1e-4 the features must match AST's by.
+    """
     high = sample_rate / 2 if high_freq is None else high_freq
-    low_mel, high_mel = _mel(low_freq), _mel(high)
-    step = (high_mel - low_mel) / (num_bins + 1)
-    edges = low_mel + step * torch.arange(num_bins + 2, dtype=torch.float64)  # left, centre, right per band
-    left, centre, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    fft_mel = _mel(torch.arange(n_fft // 2, dtype=torch.float64) * (sample_rate / n_fft))[None]
+    low_mel = _mel(low_freq)
+    step = (_mel(high) - low_mel) / (num_bins + 1)
+    band = torch.arange(num_bins).unsqueeze(1)
+    left = low_mel + band * step
+    centre = low_mel + (band + 1.0) * step
+    right = low_mel + (band + 2.0) * step
+    fft_mel = (1127.0 * (1.0 + (sample_rate / n_fft) * torch.arange(n_fft // 2) / 700.0).log()).unsqueeze(0)
     rising = (fft_mel - left) / (centre - left)
     falling = (right - fft_mel) / (right - centre)
-    banks = torch.clamp(torch.minimum(rising, falling), min=0.0)
-    return torch.nn.functional.pad(banks, (0, 1)).float()
+    banks = torch.max(torch.zeros(1), torch.min(rising, falling))
+    return torch.nn.functional.pad(banks, (0, 1))
 
 
 def valid_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
@@ -55,12 +60,17 @@ def valid_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def resample_batch(waves: torch.Tensor, lengths: torch.Tensor, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, S) at `sample_rate` → (B, S') at 16 kHz with the new lengths; a clip's samples never see its neighbours'."""
+    """(B, S) at `sample_rate` → (B, S') at 16 kHz with the new lengths; a clip's samples never see its neighbours'.
+
+    Each clip is resampled over its own samples (one kernel call per clip): the convolution
+    over a padded row rounds differently, which the log-mel cells near the floor magnify.
+    """
     if sample_rate == SAMPLE_RATE:
         return waves, lengths
-    resampled = torchaudio_ops.resample(waves, sample_rate, SAMPLE_RATE)
-    new_lengths = torch.div(lengths * SAMPLE_RATE + sample_rate - 1, sample_rate, rounding_mode="floor")  # ceil
-    return resampled * valid_mask(new_lengths, resampled.shape[1]), new_lengths
+    clips = [torchaudio_ops.resample(waves[row, :length], sample_rate, SAMPLE_RATE)
+             for row, length in enumerate(lengths.tolist())]
+    new_lengths = torch.tensor([clip.shape[0] for clip in clips], device=lengths.device)
+    return torch.nn.utils.rnn.pad_sequence(clips, batch_first=True), new_lengths
 
 
 def frame_counts(lengths: torch.Tensor) -> torch.Tensor:
@@ -82,8 +92,7 @@ class BatchFbank(nn.Module):
             raise StudentError(f"BatchFbank needs target_frames ≥ 1, num_mel_bins ≥ 4 and std > 0; got "
                                f"{target_frames}, {num_mel_bins}, {std}")
         self.target_frames, self.num_mel_bins, self.mean, self.std = target_frames, num_mel_bins, mean, std
-        self.register_buffer("window", torch.hann_window(WINDOW, periodic=False, dtype=torch.float64).float(),
-                             persistent=False)
+        self.register_buffer("window", torch.hann_window(WINDOW, periodic=False), persistent=False)
         self.register_buffer("banks", kaldi_mel_banks(num_mel_bins), persistent=False)
 
     def fbank(self, waves: torch.Tensor, lengths: torch.Tensor, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +100,7 @@ class BatchFbank(nn.Module):
         waves, lengths = _check_batch(waves.float(), lengths.to(waves.device), sample_rate)
         waves, lengths = resample_batch(waves, lengths, sample_rate)
         inside = valid_mask(lengths, waves.shape[1])
-        centred = (waves - (waves.sum(1) / lengths.clamp(min=1))[:, None]) * inside
+        centred = (waves - clip_means(waves, lengths)[:, None]) * inside
         if centred.shape[1] < WINDOW:
             centred = torch.nn.functional.pad(centred, (0, WINDOW - centred.shape[1]))
         frames = centred.unfold(1, WINDOW, SHIFT)  # (B, T, WINDOW)
@@ -108,6 +117,15 @@ class BatchFbank(nn.Module):
         logmel, _ = self.fbank(waves, lengths, sample_rate)
         fitted = fit_frames_batch(logmel, self.target_frames)
         return (fitted - self.mean) / (2 * self.std)
+
+
+def clip_means(waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each clip's mean over its own samples, reduced exactly as `wave.mean()` of the clip alone.
+
+    A sum over the padded row would round differently, and the log-mel cells near the floor
+    turn a 1e-9 change of the waveform into 1e-3 of log power.
+    """
+    return torch.stack([waves[row, :length].mean() for row, length in enumerate(lengths.tolist())])
 
 
 def fit_frames_batch(fbank: torch.Tensor, target_frames: int) -> torch.Tensor:

@@ -64,10 +64,11 @@ def reference_mix(first: torch.Tensor, second: torch.Tensor, lam: float) -> torc
 
 
 def close_to_reference(ours: torch.Tensor, reference: torch.Tensor) -> None:
-    """Within 1e-4 but for a few cells: the fixtures' pure tones leave mel bins near the log floor
-    (power ~1e-7), where fp32 rounding in another summation order moves a cell by up to ~4e-4."""
+    """Within 1e-4 everywhere, also in the pure tones' mel bins near the log floor (power ~1e-7),
+    where a different summation order would move a cell by ~4e-4: the batch path reduces each
+    clip as the per-clip path does."""
     difference = (ours - reference).abs()
-    assert difference.max() < 1e-3 and (difference > 1e-4).float().mean() < 1e-3, difference.max()
+    assert difference.max() <= 1e-4, difference.max()
 
 
 def wave_of(path: str) -> torch.Tensor:

@@ -121,3 +121,18 @@ def test_mixup_plans_follow_the_seed_and_rate() -> None:
     assert torch.equal(first.partner, again.partner) and torch.equal(first.lam, again.lam)
     assert 16 <= int((first.lam < 1).sum()) <= 48
     assert torch.all(MixPlan.draw(8, 0.0, torch.Generator().manual_seed(7)).lam == 1)
+
+
+@pytest.mark.parametrize("rate", [16000, 32000])
+def test_pure_tones_match_even_near_the_log_floor(rate: int) -> None:
+    """A pure tone leaves most mel bins near log(eps), where the fbank magnifies 1e-9 of rounding
+    to 1e-3: each clip's mean and resampling are reduced over its own samples, as the per-clip path does."""
+    lengths = [rate * 2, rate, rate // 2]
+    waves = torch.zeros(3, max(lengths))
+    for row, length in enumerate(lengths):
+        t = torch.arange(length) / rate
+        waves[row, :length] = 0.3 * torch.sin(2 * torch.pi * (440 + 100 * row) * t) + 0.01
+    batch = BatchFbank(300, 128, MEAN, STD)(waves, torch.tensor(lengths), rate)
+    for row, length in enumerate(lengths):
+        reference = normalize(wave_to_fbank(waves[row, :length], rate, 300), MEAN, STD)
+        assert (batch[row] - reference).abs().max().item() <= 1e-4, f"clip {row} at {rate} Hz"
