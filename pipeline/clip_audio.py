@@ -26,6 +26,7 @@ class ClipAudio(Protocol):
     """The samples of clip i of a list, whatever holds them."""
 
     source: str
+    ids: Sequence[str]
 
     def __len__(self) -> int: ...
 

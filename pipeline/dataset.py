@@ -20,6 +20,7 @@ workers, and a resumed run continues exactly.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from pipeline.core.audio import read_audio
+from pipeline.clip_audio import open_clip_audio
 from pipeline.core.errors import FatError
 from pipeline.datafile import ClipList, LabelSet
 from pipeline.store import LogitsStore
@@ -140,8 +141,11 @@ class ClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, clips: ClipList, features: Features, augment: Augment | None = None,
-                 teacher: TeacherTable | None = None) -> None:
+                 teacher: TeacherTable | None = None, packed: Sequence[Path] = ()) -> None:
         self.clips = clips
+        # One reader for files or packed stores (the `packed` setting); every clip's audio must be there.
+        self.audio = open_clip_audio(clips, packed)
+        self.audio.require_all()
         self.features = features
         self.augment = augment or Augment()
         self.teacher = teacher
@@ -165,13 +169,9 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def load_wave(self, index: int) -> tuple[torch.Tensor, int]:
         """The clip as a mono waveform at its file's own rate (resampled once, after any mixing)."""
-        path = self.clips.paths[index]
-        try:
-            audio, rate = read_audio(path)
-        except FatError as exc:
-            raise FatError(f"clip {self.clips.ids[index]} of {self.clips.source}: {exc}") from None
+        audio, rate = self.audio.read(index)  # errors name the clip and its file or shard
         if audio.size < rate * 0.025:
-            raise FatError(f"{path}: clip {self.clips.ids[index]} is shorter than one 25 ms frame")
+            raise FatError(f"clip {self.clips.ids[index]} of {self.clips.source} is shorter than one 25 ms frame")
         return torch.from_numpy(audio), rate
 
     def teacher_fields(self, index: int) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -27,6 +28,7 @@ from pipeline.datafile import LABEL_CSV_NAME, load_label_csv
 if TYPE_CHECKING:  # torch stays out of `fat predict --help`; the taggers import it when built
     import torch
 
+    from pipeline.clip_audio import ClipAudio
     from pipeline.runtime import Precision
 
 log = logging.getLogger(__name__)
@@ -179,11 +181,29 @@ def top_k(probs: np.ndarray, k: int, names: ClassNames) -> list[dict[str, Any]]:
             for i in order]
 
 
+def packed_clips(ids: Sequence[str], packed: Sequence[Path]) -> ClipAudio:
+    """The clips `ids` of packed stores, through the reader every stage uses; every id must be there."""
+    from pipeline.clip_audio import open_clip_audio
+
+    listed = SimpleNamespace(ids=list(ids), paths=[""] * len(ids), source="--id")
+    clips = open_clip_audio(listed, packed)
+    clips.require_all()
+    return clips
+
+
 def tag_file(tagger: Tagger, path: Path, names: ClassNames, window_s: float, hop_s: float, k: int,
              pool: str, batch_size: int) -> dict[str, Any]:
-    from pipeline.core.audio import fit_length, read_audio, require_finite
+    from pipeline.core.audio import read_audio
 
     audio, rate = read_audio(path, sample_rate=tagger.sample_rate)
+    return tag_samples(tagger, audio, rate, str(path), names, window_s, hop_s, k, pool, batch_size)
+
+
+def tag_samples(tagger: Tagger, audio: np.ndarray, rate: int, path: str, names: ClassNames, window_s: float,
+                hop_s: float, k: int, pool: str, batch_size: int) -> dict[str, Any]:
+    """Windows, top-k per window and pooled, of samples at the tagger's rate (`path` names them)."""
+    from pipeline.core.audio import fit_length, require_finite
+
     require_finite(audio, path)
     window, hop = int(round(window_s * rate)), max(1, int(round(hop_s * rate)))
     starts = window_starts(audio.size, window, hop)

@@ -8,12 +8,14 @@ of per-batch means and stds with mixup and SpecAugment on, so they differ slight
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from pipeline.core.audio import read_audio
+from pipeline.clip_audio import open_clip_audio
 from pipeline.core.errors import FatError
 from pipeline.datafile import ClipList
 from student import StudentError
@@ -22,8 +24,13 @@ from student.frontend import BatchFbank, fit_frames_batch
 
 
 def fbank_stats(datafile: ClipList, frames: int | None = 1024, limit: int | None = None, seed: int = 0,
-                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """{"mean", "std", "clips", "frames_per_clip", "cells"} over the datafile's clips (or a random `limit` of them)."""
+                progress: Callable[[int, int], None] | None = None,
+                packed: Sequence[Path] = ()) -> dict[str, Any]:
+    """{"mean", "std", "clips", "frames_per_clip", "cells"} over the datafile's clips (or a random `limit` of them).
+
+    The clips are read from their files, or by id from the `packed` stores (pipeline.clip_audio).
+    """
+    audio = open_clip_audio(datafile, packed)
     indices = np.arange(len(datafile))
     if limit is not None and limit < len(indices):
         indices = np.sort(np.random.default_rng(seed).choice(indices, size=limit, replace=False))
@@ -31,14 +38,14 @@ def fbank_stats(datafile: ClipList, frames: int | None = 1024, limit: int | None
     total = total_sq = 0.0
     cells = 0
     for done, index in enumerate(indices, 1):
-        path, clip_id = datafile.paths[index], datafile.ids[index]
+        clip_id = datafile.ids[index]
         try:
-            wave, _ = read_audio(path, SAMPLE_RATE)
+            wave, _ = audio.read(int(index), SAMPLE_RATE)
             wave = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]
             logmel, counts = frontend.fbank(wave, torch.tensor([wave.shape[1]]), SAMPLE_RATE)
             fbank = (logmel[0, : int(counts[0])] if frames is None else fit_frames_batch(logmel, frames)[0]).double()
-        except (StudentError, FatError, OSError, RuntimeError) as exc:
-            raise FatError(f"clip {clip_id} ({path}): {exc}") from None
+        except (StudentError, OSError, RuntimeError) as exc:
+            raise FatError(f"clip {clip_id} of {audio.source}: {exc}") from None
         total += float(fbank.sum())
         total_sq += float(fbank.square().sum())
         cells += fbank.numel()

@@ -87,7 +87,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # section of a params file → the command line dvc.yaml builds from it (positional parts included)
 _COMMANDS = {
     "demo": ["demo-corpus"], "metadata": ["metadata"], "download": ["download", "--split", "eval"],
-    "validate": ["validate", "--split", "eval"], "logits": ["logits"], "train": ["train"],
+    "validate": ["validate", "--split", "eval"], "pack": ["pack", "--datafile", "d.json"], "logits": ["logits"],
+    "train": ["train"],
     "evaluate": ["evaluate"], "prepare": ["prepare", "speechcommands"],
 }
 
@@ -197,6 +198,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 def _check_stage_outputs(repo: Path) -> None:
     """Every stage's outputs, and that each broken clip was caught where it should be."""
+    from pipeline.packed.reader import PackedAudio
     from pipeline.store import LogitsStore
 
     clips = _read_csv(repo / "data/demo/clips.csv")
@@ -224,6 +226,8 @@ def _check_stage_outputs(repo: Path) -> None:
         per_class = _read_csv(repo / f"data/reports/{split}.classes.csv")
         assert len(per_class) == 10 and summary["classes"]["listed"] == 10
         assert sum(int(row["kept"]) for row in per_class) >= len(kept[split])  # every kept clip has a class
+        with PackedAudio([repo / f"data/packed/{split}"], [repo / f"data/datafiles/{split}/{split}.json"]) as packed:
+            assert set(packed.ids.tolist()) == kept[split] and packed.lossless  # logits/train/evaluate read these
     with LogitsStore(repo / "data/logits/mn10_as.h5") as store:
         assert store.complete and store.attrs["random_init"]
         assert set(store.ids.tolist()) == kept["balanced_train"] | kept["eval"]
@@ -261,7 +265,8 @@ def test_demo_pipeline_under_dvc(tmp_path: Path) -> None:
 
     first = _dvc(repo, env, "repro")
     assert _ran(first) == {"demo_corpus", "metadata", "download@balanced_train", "download@eval",
-                           "validate@balanced_train", "validate@eval", "logits", "train", "evaluate"}
+                           "validate@balanced_train", "validate@eval", "pack@balanced_train", "pack@eval",
+                           "logits", "train", "evaluate"}
     assert not _dvc_complaints(first), first
     _check_stage_outputs(repo)
     _check_cache_is_intact_and_linked(repo)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.cli import add_command
+from pipeline.packed.settings import packed_option
 from pipeline.settings import check_values, device_option, from_args, option, precision_option
 
 
@@ -14,7 +15,10 @@ from pipeline.settings import check_values, device_option, from_args, option, pr
 class PredictSettings:
     """The `fat predict` options."""
 
-    audio: list[Path] = option(help="audio file(s) to tag", positional=True, metavar="AUDIO")
+    audio: list[Path] = option([], "audio file(s) to tag (or clips of packed stores: --packed DIR --id ID...)",
+                               positional=True, nargs="*", metavar="AUDIO")
+    packed: list[Path] = packed_option()
+    id: list[str] = option([], "clip id(s) to tag, read from the --packed stores", metavar="ID")
     teacher: list[str] = option(["mn10_as"], "released teacher name(s); several = their mean logits (default: mn10_as)",
                                 metavar="NAME")
     model: str | None = option(None, "teacher:NAME[,NAME...] or student:PATH (a `fat train` checkpoint); overrides "
@@ -44,7 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "padded window); each window gets its top-k, and the pooled result takes each class's maximum\n"
             "(or mean) probability over the windows. Examples:\n"
             "  fat predict street.m4a --teacher mn10_as --labels data/metadata/class_labels_indices.csv\n"
-            "  fat predict *.wav --model student:models/student/student.pt --json"
+            "  fat predict *.wav --model student:models/student/student.pt --json\n"
+            "  fat predict --packed data/packed/eval --id --4gqARaEJE0 --random-init"
         ),
         settings=PredictSettings,
     )
@@ -57,13 +62,16 @@ def run(namespace: argparse.Namespace) -> int:
     from pipeline import runtime
     from pipeline.core.errors import FatError
     from pipeline.datafile import load_label_csv
-    from pipeline.predict import ClassNames, check_window, format_text, load_tagger, tag_file
+    from pipeline.predict import ClassNames, check_window, format_text, load_tagger, packed_clips, tag_file, tag_samples
 
     args = from_args(PredictSettings, namespace)
     check_values(args)
+    if bool(args.packed) != bool(args.id) or bool(args.audio) == bool(args.id):
+        raise FatError("give audio files, or --packed DIR... with --id ID... (not both)")
     for path in args.audio:
         if not path.is_file():
             raise FatError(f"{path}: no such audio file")
+    clips = packed_clips(args.id, args.packed) if args.id else None  # every id checked before the model loads
     model = args.model or "teacher:" + ",".join(args.teacher)
     num_classes = None
     if args.random_init and args.labels is not None:
@@ -73,7 +81,12 @@ def run(namespace: argparse.Namespace) -> int:
     tagger = load_tagger(model, args.checkpoint, args.random_init, num_classes, device, precision)
     window, hop = check_window(args.window, args.hop, tagger)
     names = ClassNames.find(args.labels, tagger.num_classes)
-    results = [tag_file(tagger, path, names, window, hop, args.top_k, args.pool, args.batch_size) for path in args.audio]
+    if clips is not None:
+        results = [tag_samples(tagger, *clips.read(i, tagger.sample_rate), f"id {clip_id}", names, window, hop,
+                               args.top_k, args.pool, args.batch_size) for i, clip_id in enumerate(args.id)]
+    else:
+        results = [tag_file(tagger, path, names, window, hop, args.top_k, args.pool, args.batch_size)
+                   for path in args.audio]
     if args.json:
         print(json.dumps({"model": tagger.describe(), "labels": names.source, "window_s": window, "hop_s": hop,
                           "files": results}, indent=2))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.cli import add_command
+from pipeline.packed.settings import packed_option
 from pipeline.settings import check_values, from_args, option
 
 log = logging.getLogger(__name__)
@@ -18,6 +19,7 @@ class StatsSettings:
     """The `fat stats` options."""
 
     datafile: Path = option(help='AST datafile JSON ({"data": [{"wav": ...}]})', positional=True, metavar="DATAFILE")
+    packed: list[Path] = packed_option()
     frames: int = option(1024, "frames per clip as the model sees them, zero padding included as AST does; 0 = the "
                                "clip's own frames, no padding", unit="10 ms frames", minimum=0)
     limit: int | None = option(None, "use N clips drawn at random with --seed (default: all)", minimum=1, metavar="N")
@@ -50,7 +52,8 @@ def run(namespace: argparse.Namespace) -> int:
     if len(datafile) == 0:
         raise FatError(f"{args.datafile}: no clips")
     result = fbank_stats(datafile, frames=args.frames or None, limit=args.limit, seed=args.seed,
-                         progress=lambda done, total: log.info("%d/%d clips", done, total))
+                         progress=lambda done, total: log.info("%d/%d clips", done, total),
+                         packed=[Path(p) for p in args.packed])
     result["datafile"] = str(args.datafile)
     print(json.dumps(result, indent=2))
     if args.out is not None:

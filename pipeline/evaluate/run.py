@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from pipeline import runtime
 from pipeline.checkpoint import load_student, student_features
 from pipeline.core.errors import FatError
+from pipeline.clip_audio import open_clip_audio
 from pipeline.datafile import ClipList, LabelSet, label_csv_beside, load_clips, load_label_csv
 from pipeline.dataset import ClipDataset, DeviceInputs, collate_clips
 from pipeline.evaluate.reports import write_reports
@@ -36,22 +37,25 @@ log = logging.getLogger(__name__)
 def load_eval_set(settings: EvaluateSettings) -> tuple[ClipList, LabelSet, np.ndarray]:
     """(clip list, labels, targets (N, C)) of the eval datafile (the first `limit` clips)."""
     labels = load_label_csv(settings.labels or label_csv_beside(settings.datafile))
-    clips = load_clips([settings.datafile], labels, require_files=True)
+    clips = load_clips([settings.datafile], labels)
     if settings.limit is not None:
         clips = clips.head(settings.limit)
+    open_clip_audio(clips, settings.packed).require_all()  # before any model is loaded
     targets = clips.targets()
     return clips, labels, targets
 
 
-def _loader(clips: ClipList, config: dict[str, Any], batch_size: int, workers: int) -> Any:
+def _loader(clips: ClipList, config: dict[str, Any], batch_size: int, workers: int,
+            packed: Sequence[Path] = ()) -> Any:
     """Evaluation items (no augmentation), features exactly as `fat train` computes them."""
-    return DataLoader(ClipDataset(clips, student_features(config)), batch_size=batch_size, shuffle=False,
-                      num_workers=workers, collate_fn=collate_clips)
+    return DataLoader(ClipDataset(clips, student_features(config), packed=packed), batch_size=batch_size,
+                      shuffle=False, num_workers=workers, collate_fn=collate_clips)
 
 
 def evaluate_student(path: Path, name: str, kind: str, r_settings: Sequence[str], clips: ClipList,
                      targets: np.ndarray, num_classes: int, timing: TimingSettings, workers: int,
-                     label_sha256: str | None, metric: str = "auto") -> tuple[list[EvalRow], dict[str, Any]]:
+                     label_sha256: str | None, metric: str = "auto",
+                     packed: Sequence[Path] = ()) -> tuple[list[EvalRow], dict[str, Any]]:
     """Rows (one per r) for one student checkpoint; also returns its config."""
     model, config = load_student(path, map_location=timing.device)
     if int(config["num_classes"]) != num_classes:
@@ -66,7 +70,7 @@ def evaluate_student(path: Path, name: str, kind: str, r_settings: Sequence[str]
             set_tome_r(model, parse_r_spec(r))
         except StudentError as exc:
             raise FatError(f"--r {r}: {exc}") from None
-    loader = _loader(clips, config, timing.batch_size, workers)
+    loader = _loader(clips, config, timing.batch_size, workers, packed)
     inputs = DeviceInputs(student_features(config), timing.device)  # the features fat train computes
     scores, _ = predict_all_r(model, loader, inputs, r_settings, timing)
     speeds = measure_throughput(model, timing_batch(loader, inputs, timing.batch_size), r_settings, timing)
@@ -102,13 +106,14 @@ def run_evaluation(settings: EvaluateSettings) -> list[EvalRow]:
     if settings.teacher_logits is not None:
         store = open_teacher_store(settings.teacher_logits, len(labels), settings.allow_incomplete_teacher, label_sha)
     rows, config = evaluate_student(settings.checkpoint, "student", "student", settings.r, clips, targets,
-                                    len(labels), timing, settings.workers, label_sha, settings.metric)
+                                    len(labels), timing, settings.workers, label_sha, settings.metric,
+                                    settings.packed)
     multi_label = ranks_by_map(settings.metric, config, targets, clips)
     for other in settings.compare:
         # Compared students are scored with the main student's metric, whatever they were trained with.
         other_rows, _ = evaluate_student(
             other, _compare_name(other), "compare", ("0",), clips, targets, len(labels), timing, settings.workers,
-            label_sha, "map" if multi_label else "accuracy")
+            label_sha, "map" if multi_label else "accuracy", settings.packed)
         rows += other_rows
     if store is not None:
         teacher = teacher_row(store, ids, targets, multi_label)

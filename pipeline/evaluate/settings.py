@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.packed.settings import packed_option
 from pipeline.settings import device_option, nested, option, precision_option, threads_option
 
 
@@ -28,6 +29,7 @@ class EvaluateSettings:
 
     checkpoint: Path = option(help="trained student file (from `fat train`)")
     datafile: Path = option(help="eval datafile (AST JSON)")
+    packed: list[Path] = packed_option()
     labels: Path | None = option(
         None, "label CSV (index,mid,display_name); default: class_labels_indices.csv beside the datafile")
     teacher_logits: Path | None = option(
@@ -52,3 +54,4 @@ class EvaluateSettings:
     def __post_init__(self) -> None:
         self.r = [str(r) for r in self.r]  # params.yaml lists numbers: r: [0, 2, 4]
         self.compare = [Path(p) for p in self.compare]
+        self.packed = [Path(p) for p in self.packed]

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline import runtime
+from pipeline.clip_audio import ClipAudio, open_clip_audio
 from pipeline.core.errors import FatError
 from pipeline.datafile import ClipList
 from pipeline.logits.settings import SAMPLE_RATE, LogitsSettings
@@ -23,21 +24,22 @@ log = logging.getLogger(__name__)
 class ClipWaves:
     """Item i → (i, waveform float32 [samples] or zeros, error message or "")."""
 
-    def __init__(self, paths: Sequence[str], samples: int) -> None:
-        self.paths = list(paths)
+    def __init__(self, audio: ClipAudio, samples: int) -> None:
+        self.audio = audio  # files or packed stores: the same samples either way (pipeline.clip_audio)
         self.samples = samples
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.audio)
 
     def __getitem__(self, index: int) -> tuple[int, np.ndarray, str]:
-        from pipeline.core.audio import fit_length, read_audio, require_finite
+        from pipeline.core.audio import fit_length, require_finite
 
+        clip = f"clip {self.audio.ids[index]} of {self.audio.source}"
         try:
-            audio = require_finite(read_audio(self.paths[index], sample_rate=SAMPLE_RATE)[0], self.paths[index])
+            audio = require_finite(self.audio.read(index, SAMPLE_RATE)[0], clip)
             return index, fit_length(audio, self.samples), ""
         except Exception as exc:  # any decoder failure is reported per clip, never skipped silently
-            message = str(exc) if isinstance(exc, FatError) else f"{self.paths[index]}: {type(exc).__name__}: {exc}"
+            message = str(exc) if isinstance(exc, FatError) else f"{clip}: {type(exc).__name__}: {exc}"
             return index, np.zeros(self.samples, dtype=np.float32), message
 
 
@@ -57,12 +59,14 @@ def ensemble_logits(members: Sequence[Any], waves: torch.Tensor, precision: runt
 
 
 def compute(members: Sequence[Any], clips: ClipList, batches: list[tuple[int, list[int]]], worklog: WorkLog,
-            settings: LogitsSettings, device: torch.device, precision: runtime.Precision) -> float:
+            settings: LogitsSettings, device: torch.device, precision: runtime.Precision,
+            audio: ClipAudio | None = None) -> float:
     """Run this rank's batches, appending each to the work log; returns the seconds it took."""
     members = [m.to(device) for m in members]
     samples = int(round(settings.clip_seconds * SAMPLE_RATE))
+    audio = audio if audio is not None else open_clip_audio(clips, settings.packed, settings.datafile)
     loader = DataLoader(
-        ClipWaves(list(clips.paths), samples), batch_sampler=[todo for _, todo in batches], num_workers=settings.workers,
+        ClipWaves(audio, samples), batch_sampler=[todo for _, todo in batches], num_workers=settings.workers,
         collate_fn=collate_waves, pin_memory=device.type == "cuda", worker_init_fn=_quiet_worker,
         prefetch_factor=4 if settings.workers else None,
     )

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import runtime
+from pipeline.clip_audio import open_clip_audio
 from pipeline.core.atomic import write_json_atomic
 from pipeline.core.errors import FatError
 from pipeline.datafile import LABEL_CSV_NAME, label_csv_beside, load_clips, load_label_csv
@@ -49,6 +50,8 @@ def run_logits(settings: LogitsSettings) -> Outcome | None:
         if labels is None:
             log.info("no label CSV (%s beside the datafile, or --labels): no teacher metrics", LABEL_CSV_NAME)
         clips = load_clips(settings.datafile, labels)
+        # Files or packed stores (--packed), each store checked to be packed from one of these datafiles.
+        audio = open_clip_audio(clips, settings.packed, settings.datafile if settings.packed else ())
         requested = list(clips.ids)
         num_classes = len(labels) if labels is not None and settings.random_init else None
 
@@ -69,6 +72,8 @@ def run_logits(settings: LogitsSettings) -> Outcome | None:
                            f"predicts {classes}: the label CSV must be the one the teacher was trained on")
         precision = runtime.choose_precision(settings.precision, ctx.device)
         identity = identity_of(members, settings, classes, labels.sha256 if labels is not None else "", precision.name)
+        if not audio.exact:  # lossy packing changes the samples, so the logits: never mixed with exact ones
+            identity["audio"] = {key: value for key, value in audio.describe().items() if key != "stores"}
         identity_sha = digest(identity)
 
         decision = prepare_output(settings, identity_sha) if ctx.is_main else None
@@ -99,7 +104,7 @@ def run_logits(settings: LogitsSettings) -> Outcome | None:
         seconds = 0.0
         if mine:
             worklog.open_for_append()
-            seconds = compute(members, clips, mine, worklog, settings, ctx.device, precision)
+            seconds = compute(members, clips, mine, worklog, settings, ctx.device, precision, audio)
         runtime.barrier(ctx)
         if not ctx.is_main:
             return None

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import FatError
+from pipeline.packed.settings import packed_option
 from pipeline.settings import check_values, device_option, option, paths, precision_option, threads_option
 from pipeline.store import STORE_DTYPES
 
@@ -25,6 +26,7 @@ class LogitsSettings:
         False, "use RANDOMLY INITIALISED teachers (tests and the offline demo only: the logits carry no knowledge; "
                "recorded as random_init=True in the store)")
     seed: int = option(0, "seed of the --random-init weights")
+    packed: list[Path] = packed_option()
     out: Path | None = option(None, "the store to write (default: data/logits/<teacher>.h5)")
     labels: Path | None = option(
         None, "label CSV index,mid,display_name (default: class_labels_indices.csv beside the first datafile; "
@@ -51,6 +53,7 @@ class LogitsSettings:
     def __post_init__(self) -> None:
         self.datafile = paths(self.datafile)
         self.checkpoint = [Path(p) for p in self.checkpoint]
+        self.packed = [Path(p) for p in self.packed]
         if self.out is None:
             self.out = Path("data") / "logits" / f"{'+'.join(self.teacher)}.h5"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.packed.format import CodecSettings
 from pipeline.settings import check_values, nested, option
@@ -45,3 +46,9 @@ class PackSettings:
         """The options' bounds (pipeline.settings) and the codec's own."""
         check_values(self)
         self.codec.check()
+
+
+def packed_option(group: str | None = None) -> Any:
+    """The one `packed` setting of every stage that reads clips (pipeline.clip_audio decides what it means)."""
+    return option([], "read the clips by id from these packed audio stores (`fat pack` folders) instead of their "
+                      "audio files (default: the files)", metavar="DIR", group=group)

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.core.errors import FatError
 from pipeline.datafile import label_csv_beside
+from pipeline.packed.settings import packed_option
 from pipeline.settings import (
     check_values, device_option, option, paths, precision_option, resume_invariant, threads_option,
 )
@@ -34,6 +35,7 @@ class TrainConfig:
     labels: Path | None = option(
         None, "label CSV index,mid,display_name (default: class_labels_indices.csv beside the first --train)",
         group=DATA)
+    packed: list[Path] = packed_option(group=DATA)
     teacher: Path | None = option(
         None, "teacher logits store (HDF5 from `fat logits`); needed when --kd-lambda < 1 (default: none)", group=DATA)
     missing_teacher: str = option(
@@ -127,6 +129,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.train = paths(self.train)
+        self.packed = [Path(p) for p in self.packed]
         for name in ("valid", "labels", "out", "teacher", "imagenet_weights", "ast_checkpoint"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):

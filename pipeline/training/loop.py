@@ -93,8 +93,9 @@ class Trainer:
 
         cfg = self.config
         self.label_set = load_label_csv(cfg.labels)
-        self.train_clips = load_clips(cfg.train, self.label_set, require_files=True)
-        self.valid_clips = load_clips([cfg.valid], self.label_set, require_files=True)
+        # ClipDataset checks that every clip's audio is there, in its file or in --packed stores.
+        self.train_clips = load_clips(cfg.train, self.label_set)
+        self.valid_clips = load_clips([cfg.valid], self.label_set)
         if not cfg.multi_label:
             self.train_clips.check_single_label()
         if cfg.reports_accuracy:
@@ -109,8 +110,8 @@ class Trainer:
         augment = Augment(cfg.mixup, cfg.freqm, cfg.timem, cfg.noise, cfg.time_shift)
         self.augment = augment
         self.inputs = DeviceInputs(features, self.context.device)  # features and augmentation, per batch
-        self.train_set = ClipDataset(self.train_clips, features, augment, teacher)
-        self.valid_set = ClipDataset(self.valid_clips, features)
+        self.train_set = ClipDataset(self.train_clips, features, augment, teacher, cfg.packed)
+        self.valid_set = ClipDataset(self.valid_clips, features, packed=cfg.packed)
         weights = None
         if cfg.balanced:
             weights = balanced_weights(self.train_clips.class_indices, self.train_clips.offsets,
