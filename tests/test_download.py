@@ -296,6 +296,16 @@ def _start(root: Path, template: str, workers: int = 2, own_group: bool = False)
                             stderr=subprocess.PIPE, text=True, start_new_session=own_group)
 
 
+def group_of(pid: int) -> int | None:
+    """The process group of a live process, or None once it is gone (read from /proc: no race
+    with a short-lived ffmpeg, such as the one-frame probe, exiting between listing and asking)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[2])
+
+
 def processes_in_groups(groups: set[int]) -> list[int]:
     """Live (not zombie) processes whose process group is one of `groups`."""
     found = []
@@ -317,7 +327,9 @@ def _wait_for_ffmpeg_on(urls: list[str], process: subprocess.Popen, timeout: flo
         assert process.poll() is None, process.communicate()
         pids = [worker_processes_with(url) for url in urls]
         if all(pids):
-            return {os.getpgid(found[0]) for found in pids}
+            found = {group_of(candidates[0]) for candidates in pids}
+            if None not in found:
+                return found
         time.sleep(0.05)
     raise AssertionError(f"no ffmpeg started on {urls}")
 
@@ -449,7 +461,7 @@ def _sigterm_the_group_mid_clips(root: Path, template: str, ids: list[str], hold
     os.killpg(process.pid, signal.SIGTERM)
     if hold_runner:
         time.sleep(0.5)
-        alive = {os.getpgid(pid) for pid in processes_in_groups(groups)}
+        alive = {group_of(pid) for pid in processes_in_groups(groups)} - {None}
         os.kill(process.pid, signal.SIGCONT)
         assert alive == groups, "workers died with the fork server, before the runner could stop them"
     sent = time.monotonic()
