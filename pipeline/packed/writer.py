@@ -36,7 +36,7 @@ from pipeline.core.errors import FatError
 from pipeline.datafile import LABEL_CSV_NAME, file_sha256, load_datafile
 from pipeline.packed.codecs import EncodedClip, encode_batch
 from pipeline.packed.format import FORMAT, INDEX_NAME, SHARD_NAME, identity, identity_sha256, shard_count, shard_name
-from pipeline.packed.pool import ordered_map
+from pipeline.core.pool import ordered_map
 from pipeline.packed.settings import PackSettings
 from pipeline.packed.shard import check_shard_bytes, shard_attrs, write_shard
 
@@ -228,7 +228,8 @@ def _write_shards(settings: PackSettings, data: Any, todo: list[ShardPlan],
     work = functools.partial(encode_batch, codec=settings.codec)
     done: dict[str, dict[str, Any]] = {}
     progress = _Progress(settings.progress_every)
-    with contextlib.closing(ordered_map(work, tasks, settings.workers)) as results:
+    with contextlib.closing(ordered_map(work, tasks, settings.workers,
+                                           when_broken="rerun to go on from the last finished shard")) as results:
         for plan in todo:
             per_shard = sum(1 for index, _ in batches if index == plan.index)
             attrs = {**provenance, "shard": plan.index, "shards": plan.count, "first": plan.start}

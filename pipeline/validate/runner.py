@@ -14,22 +14,20 @@ import csv
 import functools
 import logging
 import math
-import multiprocessing
 import os
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from pipeline.core.atomic import atomic_path, write_bytes_atomic, write_json_atomic
 from pipeline.core.errors import FatError
 from pipeline.core.ids import check_split_name, split_labels
+from pipeline.core.pool import ordered_map
 from pipeline.datafile import (
     LABEL_CSV_NAME, ClipList, DatafileEntry, LabelSet, PackedStrings, label_csv_beside, load_label_csv, read_entries,
     wav_reference, write_datafile,
@@ -321,37 +319,6 @@ def _checked(path: str, window: float, limits: Thresholds) -> Verdict:
         return check_file(path, window, limits)
     except Exception as exc:  # noqa: BLE001 - reported per file, never ends the run
         return Verdict("unreadable", f"unexpected {type(exc).__name__}: {exc}", 0.0)
-
-
-Meta = TypeVar("Meta")
-Result = TypeVar("Result")
-
-
-def ordered_map(work: Callable[[Any], Result], items: Iterable[tuple[Meta, Any]], workers: int,
-                per_worker: int = 4) -> Iterator[tuple[Meta, Result]]:
-    """(meta, work(payload)) for each (meta, payload), in input order, at most workers·per_worker in flight.
-
-    Items are drawn from `items` only as results are taken, so a huge input is never all queued.
-    workers = 1 runs in this process.
-    """
-    if workers <= 1:
-        for meta, payload in items:
-            yield meta, work(payload)
-        return
-    # forkserver: workers start clean (no inherited threads or locks from a busy parent).
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"))
-    pending: deque[tuple[Meta, Future[Result]]] = deque()
-    try:
-        for meta, payload in items:
-            pending.append((meta, pool.submit(work, payload)))
-            if len(pending) >= workers * per_worker:
-                first, future = pending.popleft()
-                yield first, future.result()
-        while pending:
-            first, future = pending.popleft()
-            yield first, future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _progress_bar(total: int, split: str, enabled: bool) -> Any:

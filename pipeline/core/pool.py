@@ -1,8 +1,8 @@
-"""`fat pack`'s encoding processes: results in input order, and workers that end with the run.
+"""Worker processes for the stages that fan work out (`fat validate`, `fat pack`): results in
+input order, a bounded number of tasks in flight, and workers that end with the run.
 
-Like `pipeline.validate.runner.ordered_map` (forkserver workers, a bounded number of tasks in
-flight, results in input order), plus one guarantee it lacks: when the run is killed outright
-(kill -9, out of memory), its workers go too. A pool worker blocks on a task queue whose
+forkserver workers start clean (no inherited threads or locks from a busy parent). When the run
+is killed outright (kill -9, out of memory), its workers go too. A pool worker blocks on a task queue whose
 writing end it holds itself, so it would wait forever; instead each worker watches a pipe whose
 only writing end the run holds, and exits the moment that end hangs up.
 """
@@ -27,7 +27,7 @@ Result = TypeVar("Result")
 
 
 def ordered_map(work: Callable[[Any], Result], items: Iterable[tuple[Meta, Any]], workers: int,
-                per_worker: int = 4) -> Iterator[tuple[Meta, Result]]:
+                per_worker: int = 4, when_broken: str = "rerun the command") -> Iterator[tuple[Meta, Result]]:
     """(meta, work(payload)) for each (meta, payload), in input order, at most workers·per_worker in flight.
 
     workers = 1 runs in this process. An exception in a worker is raised here, after the pool is
@@ -52,8 +52,7 @@ def ordered_map(work: Callable[[Any], Result], items: Iterable[tuple[Meta, Any]]
             first, future = pending.popleft()
             yield first, future.result()
     except BrokenProcessPool:
-        raise FatError("an encoding process died (killed, or out of memory?); rerun to go on from the last "
-                       "finished shard") from None
+        raise FatError(f"a worker process died (killed, or out of memory?); {when_broken}") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         held.close()
