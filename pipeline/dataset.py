@@ -35,7 +35,7 @@ from pipeline.datafile import ClipList, LabelSet
 from pipeline.store import LogitsStore
 from student import torchaudio_ops
 from student.augment import MixPlan
-from student.features import spec_augment
+from student.features import NORM_STATS, spec_augment
 from student.frontend import BatchFbank, fit_frames_batch
 from student.kd import TeacherMix
 
@@ -128,8 +128,8 @@ class Features:
 
     target_frames: int = 1024
     num_mel_bins: int = 128
-    mean: float = -4.2677393
-    std: float = 4.5689974
+    mean: float = NORM_STATS["audioset"][0]
+    std: float = NORM_STATS["audioset"][1]
 
 
 class ClipDataset(torch.utils.data.Dataset):

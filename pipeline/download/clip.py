@@ -17,6 +17,10 @@ ffmpeg's failures are classified from facts, never from its wording (which chang
 versions): a read that decoded no audio at all means the source could not be opened as audio,
 and the whole file is then fetched by yt-dlp, whose HTTP errors carry their status; a fetched
 file of zero bytes is `failed/empty`, one ffmpeg decodes nothing from is `failed/not-media`.
+
+One module, over the ~350-line guide, because the two fetch paths, the window cut and the
+checks of its result are one procedure whose failure classification needs all of them; the
+failure taxonomy itself lives in `failures`.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ ok clips, retry failed and rate-limited ones, skip unavailable ones unless asked
 global back-off, enforces the per-clip time limit through the pool, and stops promptly and
 cleanly on SIGINT / SIGTERM: in-flight clips are killed, their temporary files removed, and their
 status rows left as they were, so the next run simply picks them up again.
+
+One module, over the ~350-line guide, because planning, dispatching, recording and the stop
+sequence share one piece of state (the in-flight table and the status store's single writer);
+splitting them would pass that state through every call.
 """
 
 from __future__ import annotations
