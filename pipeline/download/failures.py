@@ -20,7 +20,6 @@ UNAVAILABLE = "unavailable"
 FAILED = "failed"
 RATE_LIMITED = "rate-limited"
 STATUSES: tuple[str, ...] = (OK, UNAVAILABLE, FAILED, RATE_LIMITED)
-RETRYABLE: frozenset[str] = frozenset({FAILED, RATE_LIMITED})
 
 # (status, reason, patterns matched against the lower-cased message), first match wins.
 # Order matters: the bot check mentions "sign in", as does the age gate; 429 beats "unable to download".

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,12 +105,6 @@ class StatusStore:
 
     def transaction(self) -> _Transaction:
         return _Transaction(self._db)
-
-    def iter_rows(self, ytids: Iterable[str]) -> Iterator[StatusRow]:
-        for ytid in ytids:
-            row = self.get(ytid)
-            if row is not None:
-                yield row
 
 
 class _Transaction:
