@@ -142,8 +142,8 @@ def _check_batch(waves: torch.Tensor, lengths: torch.Tensor, sample_rate: int) -
                            f"{tuple(lengths.shape)}")
     if sample_rate <= 0:
         raise StudentError(f"sample rate must be positive, got {sample_rate}")
-    if bool((lengths < 1).any()) or bool((lengths > waves.shape[1]).any()):
-        raise StudentError(f"clip lengths must lie in [1, {waves.shape[1]}], got {lengths.tolist()}")
+    if bool((lengths < 0).any()) or bool((lengths > waves.shape[1]).any()):
+        raise StudentError(f"clip lengths must lie in [0, {waves.shape[1]}], got {lengths.tolist()}")
     min_samples = math.ceil(WINDOW * sample_rate / SAMPLE_RATE)
     if bool((lengths < min_samples).any()):
         raise StudentError(f"a clip shorter than one {FRAME_LENGTH_MS:g} ms window ({min_samples} samples at "

@@ -65,7 +65,8 @@ def test_the_target_frames_cut_and_pad_like_ast() -> None:
 
 @pytest.mark.parametrize(("lengths", "match"), [
     ([100], "shorter than one"),
-    ([0], "lengths must lie"),
+    ([0], "shorter than one"),
+    ([-1], "lengths must lie"),
     ([5000], "lengths must lie"),
 ])
 def test_bad_batches_are_refused_with_the_lengths_named(lengths: list[int], match: str) -> None:

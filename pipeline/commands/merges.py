@@ -46,7 +46,8 @@ def run(namespace: argparse.Namespace) -> int:
     from pipeline.core.audio import read_audio
     from pipeline.core.errors import FatError
     from student import StudentError
-    from student.features import NORM_STATS, SAMPLE_RATE, normalize, wave_to_fbank
+    from student.features import NORM_STATS, SAMPLE_RATE, normalize
+    from student.frontend import BatchFbank, fit_frames_batch
     from student.tome import parse_r_spec, set_tome_r
     from student.vis import draw_merges
 
@@ -62,8 +63,10 @@ def run(namespace: argparse.Namespace) -> int:
     features = student_features(config, norm=NORM_STATS[args.norm])
     try:
         r = set_tome_r(model, parse_r_spec(args.r))
-        fbank = wave_to_fbank(torch.from_numpy(wave), SAMPLE_RATE, target_frames=features.target_frames,
-                              num_mel_bins=features.num_mel_bins)
+        frontend = BatchFbank(features.target_frames, features.num_mel_bins, features.mean, features.std)
+        samples = torch.from_numpy(wave)[None]  # the feature module training and evaluation use
+        logmel, _ = frontend.fbank(samples, torch.tensor([samples.shape[1]]), SAMPLE_RATE)
+        fbank = fit_frames_batch(logmel, features.target_frames)[0]
         with torch.inference_mode():
             _, state = model.forward_traced(normalize(fbank, features.mean, features.std)[None])
     except StudentError as exc:
