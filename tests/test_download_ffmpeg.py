@@ -136,6 +136,21 @@ def test_fat_download_refuses_an_unusable_fat_ffmpeg_before_any_request(
 # ---------------------------------------------------------------------- the same outcomes with either build
 
 
+def required_system_ffmpeg() -> str:
+    """The system's ffmpeg, or skip: the second build is checked wherever a machine has one (Debian
+    12's 5.1 was); imageio-ffmpeg's build alone is covered by the other cases, which always run."""
+    binary = system_ffmpeg()
+    if binary is None:
+        pytest.skip("no system ffmpeg on PATH besides imageio-ffmpeg's build: only that build is checked here")
+    return binary
+
+
+def choose_ffmpeg(which: str) -> None:
+    """Run fat with the named build: the default (imageio-ffmpeg's) or the system's via FAT_FFMPEG."""
+    if which == "system":
+        os.environ["FAT_FFMPEG"] = required_system_ffmpeg()
+
+
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("media")
@@ -146,11 +161,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize("which", ["imageio-ffmpeg", "system"])
 def test_routes_are_classified_alike_with_either_ffmpeg(
         tmp_path: Path, clean_env, sources: dict[str, Path], which: str) -> None:
-    if which == "system":
-        binary = system_ffmpeg()
-        if binary is None:
-            pytest.skip("no system ffmpeg on PATH besides imageio-ffmpeg's build: only that build is checked here")
-        os.environ["FAT_FFMPEG"] = binary
+    choose_ffmpeg(which)
     binary = ffmpeg_binary()
     routes = {
         "webmclip001": (sources["webm"], ms.SERVE, 5, 15), "m4aclip0001": (sources["m4a"], ms.SERVE, 3.25, 13.25),
@@ -249,11 +260,7 @@ def cut_everywhere(root: Path, folder: Path, sources: dict[str, Path]) -> dict[s
 def test_windows_are_cut_on_the_players_timeline_in_every_container(
         tmp_path: Path, clean_env, containers: dict[str, Path], which: str) -> None:
     """t = 0 is the first presented sample (25 ms into an MP3's clock); a window ending at the media's end is whole."""
-    if which == "system":
-        binary = system_ffmpeg()
-        if binary is None:
-            pytest.skip("no system ffmpeg on PATH besides imageio-ffmpeg's build: only that build is checked here")
-        os.environ["FAT_FFMPEG"] = binary
+    choose_ffmpeg(which)
     folder = tmp_path / "videos"
     folder.mkdir()
     rows = cut_everywhere(tmp_path, folder, containers)
@@ -271,9 +278,7 @@ def test_windows_are_cut_on_the_players_timeline_in_every_container(
 
 def test_both_ffmpegs_cut_the_same_samples(tmp_path: Path, clean_env, containers: dict[str, Path]) -> None:
     """Within one sample, in every container: neither version's re-basing nor its packet times decide the cut."""
-    system = system_ffmpeg()
-    if system is None:
-        pytest.skip("no system ffmpeg on PATH besides imageio-ffmpeg's build: nothing to compare with")
+    system = required_system_ffmpeg()
     clips = timeline_clips()
     write_split(tmp_path / "bundled", "eval", [(ytid, start, end) for ytid, (_, start, end) in clips.items()])
     write_split(tmp_path / "system", "eval", [(ytid, start, end) for ytid, (_, start, end) in clips.items()])
