@@ -7,6 +7,7 @@ assertions are the status rows, the summary and the files a user relies on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -306,8 +307,25 @@ def group_of(pid: int) -> int | None:
     return None if fields[0] == "Z" else int(fields[2])
 
 
+def _thread_states(pid: str) -> list[str]:
+    """The state letter of each thread of `pid`; empty once it is gone."""
+    states = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+    except OSError:
+        pass
+    return states
+
+
 def processes_in_groups(groups: set[int]) -> list[int]:
-    """Live (not zombie) processes whose process group is one of `groups`."""
+    """Processes whose process group is one of `groups` and that still have a live thread.
+
+    A killed multi-threaded worker shows its main thread as a zombie while another of its
+    threads is still exiting and holding its files (the workers' lock among them), so the
+    main thread's state alone would call it gone too early.
+    """
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -315,7 +333,7 @@ def processes_in_groups(groups: set[int]) -> list[int]:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if fields[0] != "Z" and int(fields[2]) in groups:
+            if int(fields[2]) in groups and any(state not in "ZX" for state in _thread_states(entry.name)):
                 found.append(int(entry.name))
     return found
 
@@ -420,7 +438,7 @@ def test_sigkill_of_the_runner_alone_ends_its_workers_and_their_ffmpeg_at_once(t
         process.stdout.close()
         process.stderr.close()
         assert _wait_until_gone(groups, 3.0) == []  # every worker and its ffmpeg
-        assert wait_for_orphans(tmp_path / "manifests" / ".eval.download.workers.lock", 0.0)
+        assert wait_for_orphans(tmp_path / "manifests" / ".eval.download.workers.lock", 1.0)  # released with them
 
         for ytid in ids:  # a rerun starts at once and finishes the clips
             server.add(ytid, media["webm"])
