@@ -10,12 +10,13 @@ those of the released AST checkpoints once their DataParallel `module.` prefix i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 import torch.utils.checkpoint
 from torch import nn
-from timm.layers import trunc_normal_
+from timm.layers import LayerNorm, trunc_normal_
 from timm.models import checkpoint_seq
 from timm.models.deit import VisionTransformerDistilled
 
@@ -27,13 +28,19 @@ PATCH = 16  # AST's patch side, in mel bins and frames
 
 @dataclass(frozen=True)
 class SizeSpec:
-    """One DeiT-distilled backbone: width, heads and the ImageNet position grid side."""
+    """One DeiT-distilled backbone: width, heads, depth, MLP width and the ImageNet position grid side.
+
+    The named sizes are DeiT's; a custom spec (size "custom") describes any other backbone of the same
+    layout, e.g. a Hugging Face AST config with fewer layers (`imagenet_grid` only sizes timm's
+    throw-away ImageNet position table, `timm_name` is empty).
+    """
 
     embed_dim: int
     num_heads: int
     depth: int
     imagenet_grid: int
     timm_name: str
+    mlp_ratio: float = 4.0
 
 
 MODEL_SIZES: dict[str, SizeSpec] = {
@@ -43,8 +50,34 @@ MODEL_SIZES: dict[str, SizeSpec] = {
     "base384": SizeSpec(768, 12, 12, 24, "deit_base_distilled_patch16_384"),
 }
 
+CUSTOM_SIZE = "custom"  # `size` of a backbone given by embed_dim / depth / num_heads / mlp_ratio
+CUSTOM_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio")
 NUM_PREFIX_TOKENS = 2  # class + distillation
 IMAGENET_CLASSES = 1000  # the unused DeiT heads are kept so the released key layout loads strictly
+
+
+def size_spec(size: str, embed_dim: int | None = None, depth: int | None = None, num_heads: int | None = None,
+              mlp_ratio: float | None = None) -> SizeSpec:
+    """The backbone of a named size, or of size "custom" from its width, depth, heads (and MLP ratio)."""
+    if size in MODEL_SIZES:
+        spec = MODEL_SIZES[size]
+        given = {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads, "mlp_ratio": mlp_ratio}
+        clash = [f"{k}={v} (it has {getattr(spec, k)})" for k, v in given.items()
+                 if v is not None and v != getattr(spec, k)]
+        if clash:
+            raise StudentError(f"AST size {size!r} does not have {', '.join(clash)}; use size {CUSTOM_SIZE!r}")
+        return spec
+    if size != CUSTOM_SIZE:
+        raise StudentError(f"unknown AST size {size!r}; choose one of {', '.join(MODEL_SIZES)} or {CUSTOM_SIZE!r}")
+    if embed_dim is None or depth is None or num_heads is None:
+        raise StudentError(f"AST size {CUSTOM_SIZE!r} needs embed_dim, depth and num_heads")
+    if min(embed_dim, depth, num_heads) < 1 or embed_dim % num_heads:
+        raise StudentError(f"a custom AST needs positive sizes and a width divisible by the heads, got "
+                           f"embed_dim={embed_dim}, depth={depth}, num_heads={num_heads}")
+    ratio = 4.0 if mlp_ratio is None else float(mlp_ratio)
+    if ratio <= 0 or round(embed_dim * ratio) != embed_dim * ratio:
+        raise StudentError(f"mlp_ratio {ratio} does not give a whole MLP width for embed_dim {embed_dim}")
+    return SizeSpec(embed_dim, num_heads, depth, 14, "", ratio)
 
 
 def patch_grid(input_fdim: int, input_tdim: int, fstride: int, tstride: int) -> tuple[int, int]:
@@ -88,13 +121,22 @@ class ASTModel(nn.Module):
         fstride: int = 10,
         tstride: int = 10,
         drop_path_rate: float = 0.0,
+        embed_dim: int | None = None,
+        depth: int | None = None,
+        num_heads: int | None = None,
+        mlp_ratio: float | None = None,
+        layer_norm_eps: float | None = None,
     ) -> None:
+        """`embed_dim`/`depth`/`num_heads`/`mlp_ratio` describe a size "custom" backbone; `layer_norm_eps`
+        (None: timm's 1e-6 in the blocks and final norm, torch's 1e-5 in the head) sets every LayerNorm,
+        as a Hugging Face AST config does."""
         super().__init__()
-        if size not in MODEL_SIZES:
-            raise StudentError(f"unknown AST size {size!r}; choose one of {', '.join(MODEL_SIZES)}")
+        spec = size_spec(size, embed_dim, depth, num_heads, mlp_ratio)
         if num_classes < 1:
             raise StudentError(f"num_classes must be ≥ 1, got {num_classes}")
-        spec = MODEL_SIZES[size]
+        if layer_norm_eps is not None and not layer_norm_eps > 0:
+            raise StudentError(f"layer_norm_eps must be positive, got {layer_norm_eps}")
+        self.spec, self.layer_norm_eps = spec, layer_norm_eps
         self.f_dim, self.t_dim = patch_grid(input_fdim, input_tdim, fstride, tstride)
         self.size, self.num_classes = size, num_classes
         self.input_fdim, self.input_tdim, self.fstride, self.tstride = input_fdim, input_tdim, fstride, tstride
@@ -103,13 +145,15 @@ class ASTModel(nn.Module):
 
         self.v = VisionTransformerDistilled(
             img_size=PATCH * spec.imagenet_grid, patch_size=PATCH, embed_dim=spec.embed_dim, depth=spec.depth,
-            num_heads=spec.num_heads, mlp_ratio=4.0, qkv_bias=True, num_classes=IMAGENET_CLASSES,
+            num_heads=spec.num_heads, mlp_ratio=spec.mlp_ratio, qkv_bias=True, num_classes=IMAGENET_CLASSES,
             drop_path_rate=drop_path_rate,
+            norm_layer=None if layer_norm_eps is None else partial(LayerNorm, eps=layer_norm_eps),
         )
         self.v.patch_embed = AudioPatchEmbed(spec.embed_dim, fstride, tstride, (self.f_dim, self.t_dim))
         self.v.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + NUM_PREFIX_TOKENS, spec.embed_dim))
         trunc_normal_(self.v.pos_embed, std=0.02)
-        self.mlp_head = nn.Sequential(nn.LayerNorm(spec.embed_dim), nn.Linear(spec.embed_dim, num_classes))
+        head_eps = 1e-5 if layer_norm_eps is None else layer_norm_eps
+        self.mlp_head = nn.Sequential(nn.LayerNorm(spec.embed_dim, eps=head_eps), nn.Linear(spec.embed_dim, num_classes))
 
         # Token merging: one r per block; all zeros = the plain timm path. See student.tome.
         self.tome_r: list[int] = [0] * spec.depth
@@ -120,9 +164,17 @@ class ASTModel(nn.Module):
         return self.num_patches + NUM_PREFIX_TOKENS
 
     def config(self) -> dict[str, Any]:
-        """What is needed to rebuild this model (without weights)."""
-        return {"size": self.size, "num_classes": self.num_classes, "input_fdim": self.input_fdim,
-                "input_tdim": self.input_tdim, "fstride": self.fstride, "tstride": self.tstride}
+        """What is needed to rebuild this model (without weights): `ASTModel(**config())`.
+
+        A custom size adds its embed_dim/depth/num_heads/mlp_ratio, a set LayerNorm eps adds layer_norm_eps.
+        """
+        config: dict[str, Any] = {"size": self.size, "num_classes": self.num_classes, "input_fdim": self.input_fdim,
+                                  "input_tdim": self.input_tdim, "fstride": self.fstride, "tstride": self.tstride}
+        if self.size == CUSTOM_SIZE:
+            config.update({key: getattr(self.spec, key) for key in CUSTOM_KEYS})
+        if self.layer_norm_eps is not None:
+            config["layer_norm_eps"] = self.layer_norm_eps
+        return config
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.v.set_grad_checkpointing(enable)

@@ -2,8 +2,9 @@
 AudioSet-trained AST, as AST does: the builder sits with the loaders it calls (timm's layout),
 and the model module (`student.ast`) never imports them.
 
-Both loaders read local files only (no hub access): a timm/DeiT state dict, or a released AST
-checkpoint (a DataParallel state dict: every key starts with `module.`).
+The loaders read local files only (no hub access): a timm/DeiT state dict, a released AST
+checkpoint (a DataParallel state dict: every key starts with `module.`), or a Hugging Face AST
+checkpoint folder (student.hf maps its names onto ours).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
+from student import hf
 from student.ast import NUM_PREFIX_TOKENS, PATCH, ASTModel
 from student.errors import StudentError
 
@@ -137,10 +139,19 @@ def load_ast_checkpoint(model: ASTModel, source: str | Path | StateDict) -> dict
 
     Same label count and patch grid: everything loads with strict=True. Another frame count or
     stride: the position grid is cut/interpolated as AST does. Another label count: a fresh head
-    (`mlp_head`) is kept, as AST does for fine-tuning. Returns {"adapted": [...], "fresh": [...]}.
+    (`mlp_head`) is kept, as AST does for fine-tuning. A Hugging Face AST checkpoint (its folder,
+    config.json or weights file) is renamed onto our keys first, and loads the same way; its
+    `layer_norm_eps` must then be the model's (create_ast sees to that). Returns {"adapted": [...], "fresh": [...]}.
     """
     where = str(source) if not isinstance(source, Mapping) else "AST state dict"
-    state = read_state_dict(source)
+    if hf.is_hf_checkpoint(source):
+        checkpoint = hf.read_hf_checkpoint(source)  # type: ignore[arg-type]
+        where = str(checkpoint.weights)
+        state = hf.hf_to_ours(hf.read_weights(checkpoint.weights), model.depth, where)
+        own = model.state_dict()
+        state.update({k: own[k] for k in own if k.startswith(hf.UNMAPPED)})  # no HF counterpart
+    else:
+        state = read_state_dict(source)
     if "v.pos_embed" not in state:
         raise StudentError(f"{where} is not an AST checkpoint (no v.pos_embed key; keys start with "
                            f"{sorted({k.split('.')[0] for k in state})[:5]})")
@@ -164,6 +175,22 @@ def load_ast_checkpoint(model: ASTModel, source: str | Path | StateDict) -> dict
     return report
 
 
+def _from_hf(source: str | Path, given: dict[str, object], drop_path_rate: float) -> ASTModel:
+    """The AST a HF checkpoint describes, loaded strictly; `given` structure settings must agree with its config."""
+    checkpoint = hf.read_hf_checkpoint(source)
+    kwargs = dict(checkpoint.model_kwargs)
+    clash = [f"{key} {value} (config: {kwargs.get(key)})" for key, value in given.items()
+             if value is not None and value != kwargs.get(key)]
+    if clash:
+        raise StudentError(f"{checkpoint.folder / hf.CONFIG_NAME} does not describe the AST asked for: "
+                           + ", ".join(clash))
+    model = ASTModel(**kwargs, drop_path_rate=drop_path_rate)
+    state = hf.load_hf_state(checkpoint, model)
+    own = model.state_dict()
+    model.load_state_dict({**{k: own[k] for k in own if k.startswith(hf.UNMAPPED)}, **state}, strict=True)
+    return model
+
+
 def create_ast(
     size: str = "base384",
     num_classes: int = 527,
@@ -174,6 +201,8 @@ def create_ast(
     imagenet_weights: str | Path | Mapping[str, torch.Tensor] | None = None,
     ast_checkpoint: str | Path | Mapping[str, torch.Tensor] | None = None,
     drop_path_rate: float = 0.0,
+    hf_checkpoint: str | Path | None = None,
+    **structure: object,
 ) -> ASTModel:
     """Build an AST and initialise it as AST does.
 
@@ -182,10 +211,23 @@ def create_ast(
     - `ast_checkpoint`: a released AST file (or any AST state dict, `module.` prefix or not); loaded
       strictly when label count and patch grid match, else the grid is adapted and, for another
       label count, a fresh head is built (fine-tuning).
+    - `hf_checkpoint`: a Hugging Face `ASTForAudioClassification` folder (config.json + model.safetensors
+      or pytorch_model.bin); the model is built from its config (size, depth, frames, mel bins, strides,
+      classes, layer_norm_eps) and every tensor maps strictly; the other arguments are ignored unless
+      given in `structure` (then they must agree with the config).
     - neither: random initialisation (timm's ViT init, trunc-normal position embedding).
     The ImageNet start is applied first, so both can be given (the checkpoint then overrides).
+    `structure`: ASTModel's embed_dim / depth / num_heads / mlp_ratio (size "custom") and layer_norm_eps.
+    An `ast_checkpoint` that is a Hugging Face folder also sets layer_norm_eps from its config.
     """
-    model = ASTModel(size, num_classes, input_fdim, input_tdim, fstride, tstride, drop_path_rate=drop_path_rate)
+    if hf_checkpoint is not None:
+        if imagenet_weights is not None or ast_checkpoint is not None:
+            raise StudentError("hf_checkpoint is a whole model: give it without imagenet_weights / ast_checkpoint")
+        return _from_hf(hf_checkpoint, dict(structure), drop_path_rate)
+    if ast_checkpoint is not None and hf.is_hf_checkpoint(ast_checkpoint) and structure.get("layer_norm_eps") is None:
+        structure["layer_norm_eps"] = hf.read_hf_checkpoint(ast_checkpoint).model_kwargs["layer_norm_eps"]
+    model = ASTModel(size, num_classes, input_fdim, input_tdim, fstride, tstride, drop_path_rate=drop_path_rate,
+                     **structure)  # type: ignore[arg-type]
     if imagenet_weights is not None:
         load_imagenet_weights(model, imagenet_weights)
     if ast_checkpoint is not None:

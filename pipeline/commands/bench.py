@@ -20,8 +20,8 @@ class StudentChoice:
     """Which AST to build: a trained student file, a released AST checkpoint, or random weights."""
 
     checkpoint: Path | None = option(
-        None, "a fat student file (from fat train) or a released AST .pth checkpoint (default: random weights, fine "
-              "for speed)")
+        None, "a fat student file (from fat train, .pt or .safetensors), a Hugging Face AST folder or a released AST "
+              ".pth checkpoint (default: random weights, fine for speed)")
     size: str = option("base384", "model size when --checkpoint is not a fat student file",
                        choices=("tiny224", "small224", "base224", "base384"))
     frames: int = option(1024, "input frames T when --checkpoint is not a fat student file", unit="10 ms frames")
@@ -52,29 +52,16 @@ def build_model(choice: StudentChoice):  # noqa: ANN201 - (ASTModel, config dict
     from student import StudentError, create_ast
 
     try:
-        if choice.checkpoint is not None and _is_student_file(choice.checkpoint):
-            from pipeline.checkpoint import load_student
+        if choice.checkpoint is not None:
+            from pipeline.checkpoint import is_student_source, load_student
 
-            return load_student(choice.checkpoint)
+            if is_student_source(choice.checkpoint):
+                return load_student(choice.checkpoint)
         model = create_ast(choice.size, choice.num_classes, 128, choice.frames, choice.fstride, choice.tstride,
                            ast_checkpoint=choice.checkpoint)
         return model.eval(), model.config()
     except StudentError as exc:
         raise FatError(str(exc)) from None
-
-
-def _is_student_file(path: Path) -> bool:
-    import torch
-
-    from pipeline.checkpoint import FORMAT
-
-    if not path.is_file():
-        return False
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return False
-    return isinstance(payload, dict) and payload.get("format") == FORMAT
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

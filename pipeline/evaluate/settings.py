@@ -27,7 +27,8 @@ class TimingSettings:
 class EvaluateSettings:
     """The `fat evaluate` options."""
 
-    checkpoint: Path = option(help="trained student file (from `fat train`)")
+    checkpoint: Path = option(help="trained student file (from `fat train`, .pt or .safetensors) or a Hugging Face AST "
+                                   "folder (config.json + model.safetensors)")
     datafile: Path = option(help="eval datafile (AST JSON)")
     packed: list[Path] = packed_option()
     labels: Path | None = option(
