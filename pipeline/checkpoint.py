@@ -70,7 +70,8 @@ def _save_safetensors(path: Path, state: dict[str, torch.Tensor], config: dict[s
     from safetensors.torch import save_file
 
     try:
-        metadata = {"format": SAFETENSORS_FORMAT, "config": json.dumps(config), "extra": json.dumps(extra)}
+        metadata = {"format": SAFETENSORS_FORMAT, "config": json.dumps(config, default=str),
+                    "extra": json.dumps(extra, default=str)}
     except TypeError as exc:
         raise ValueError(f"{path}: the student config/extra must be JSON for a safetensors file ({exc})") from None
     with atomic_path(path) as tmp:

@@ -33,6 +33,7 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "evaluate",
     "bench",
+    "export",
     "merges",
     "demo",
 )

@@ -155,3 +155,33 @@ def test_bad_hf_checkpoints_name_the_file_and_the_mismatch(tmp_path: Path) -> No
         create_ast(hf_checkpoint=tmp_path / "nowhere")
     with pytest.raises(StudentError, match=r"good/config.json does not describe.*layer_norm_eps 1e-06"):
         create_ast(hf_checkpoint=folder, layer_norm_eps=1e-6)
+
+
+def test_fat_export_hf_loads_cleanly_in_transformers(tmp_path: Path) -> None:
+    """`fat export --format hf`: from_pretrained reports no missing/unexpected/mismatched key, the logits
+    are ours at r = 0, and the feature extractor carries our frames, mel bins and normalisation."""
+    from pipeline.checkpoint import save_student
+    from pipeline.cli import main
+
+    torch.manual_seed(5)
+    student = create_ast("custom", 4, 128, 96, embed_dim=64, depth=2, num_heads=4, fstride=12, tstride=12)
+    labels = tmp_path / "class_labels_indices.csv"
+    labels.write_text("index,mid,display_name\n" + "".join(f"{i},/m/{i},Sound {i}\n" for i in range(4)))
+    checkpoint = tmp_path / "student.pt"
+    save_student(checkpoint, student, {"norm_mean": -3.0, "norm_std": 2.0, "multi_label": True, "target_frames": 96,
+                                       "num_mel_bins": 128})
+    out = tmp_path / "exported"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "hf", "--out", str(out),
+                 "--labels", str(labels)]) == 0
+    theirs, info = transformers.ASTForAudioClassification.from_pretrained(out, output_loading_info=True)
+    assert {"missing_keys", "unexpected_keys", "mismatched_keys"} <= set(info)
+    assert all(not value for value in info.values()), info  # nothing filled at random, nothing left over
+    assert theirs.config.id2label[3] == "Sound 3" and theirs.config.problem_type == "multi_label_classification"
+    assert logits_gap(student, theirs.eval(), 96) <= 1e-4
+    extractor = transformers.ASTFeatureExtractor.from_pretrained(out)
+    assert (extractor.mean, extractor.std, extractor.max_length, extractor.num_mel_bins) == (-3.0, 2.0, 96, 128)
+    # an existing folder with other files is never overwritten
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "hf", "--out", str(tmp_path / "busy")]) == 2
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["notes.txt"]

@@ -1,0 +1,98 @@
+"""`fat export`: a trained student as a safetensors file, a Hugging Face AST folder, an ONNX file or a
+torch.export program (the last two with a fixed merge rate r baked in)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.cli import add_command
+from pipeline.settings import check_values, from_args, option
+
+
+@dataclass(kw_only=True)
+class ExportSettings:
+    """The `fat export` options."""
+
+    checkpoint: Path = option(Path("models/student/student.pt"), "the student to export: a fat student file (.pt or "
+                              ".safetensors) or a Hugging Face AST folder")
+    format: str = option("onnx", "what to write", choices=("safetensors", "hf", "onnx", "torch-export"))
+    out: Path | None = option(None, "file to write, a folder for --format hf (default: beside the checkpoint: "
+                                    "<stem>.safetensors, <stem>_hf/, <stem>_r<R>.onnx, <stem>_r<R>.pt2)")
+    r: str = option("0", "merge rate baked into onnx / torch-export: 16, 16,16,8 (per block) or 16:-1 (schedule); "
+                         "hf and safetensors hold the plain model (r is applied at run time by our code)",
+                    metavar="R")
+    labels: Path | None = option(None, "label CSV for the class names of --format hf (default: LABEL_0, LABEL_1, ...)")
+    optimize: bool = option(True, "run the ONNX exporter's graph optimisation (--no-optimize skips it)")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = add_command(
+        subparsers, "export", "write a trained student as safetensors, a Hugging Face AST, ONNX or torch.export",
+        description=(
+            "Export a trained student; every file is read back and its logits compared with the student's own\n"
+            "(max difference ≤ 1e-4 on random fbank, printed) before it is put in place.\n"
+            "  safetensors   our student file without pickle (load_student / fat predict --model student:PATH)\n"
+            "  hf            ASTForAudioClassification folder for transformers (plain AST: no token merging)\n"
+            "  onnx          model from fbank (batch, frames, mel bins) to logits, merge rate --r baked in, dynamic\n"
+            "                batch, static input length; runs with onnxruntime alone (fat predict --model onnx:PATH)\n"
+            "  torch-export  the same as a torch.export program (.pt2: torch.export.load(path).module())\n"
+            "Examples:\n"
+            "  fat export --checkpoint models/student/student.pt --format onnx --r 16 --out student_r16.onnx\n"
+            "  fat export --checkpoint models/student/student.pt --format hf --out student_hf --labels "
+            "data/datafiles/class_labels_indices.csv"
+        ),
+        settings=ExportSettings,
+    )
+    parser.set_defaults(func=run)
+
+
+def default_out(checkpoint: Path, kind: str, r: str) -> Path:
+    """Where an export goes without --out: beside the checkpoint, named after it (and r)."""
+    stem = checkpoint.name if checkpoint.is_dir() else checkpoint.stem
+    tag = "".join(ch if ch.isalnum() else "_" for ch in r)
+    names = {"safetensors": f"{stem}.safetensors", "hf": f"{stem}_hf", "onnx": f"{stem}_r{tag}.onnx",
+             "torch-export": f"{stem}_r{tag}.pt2"}
+    return checkpoint.parent / names[kind]
+
+
+def run(namespace: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.checkpoint import load_student, read_student_file
+    from pipeline.core.errors import FatError
+    from pipeline.export import export_graph, export_hf, export_safetensors
+    from student import hf
+    from student.errors import StudentError
+    from student.tome import parse_r, parse_r_spec
+
+    args = from_args(ExportSettings, namespace)
+    check_values(args)
+    model, config = load_student(args.checkpoint)
+    try:
+        r = parse_r_spec(args.r)
+        layers = parse_r(model.depth, r)
+    except StudentError as exc:
+        raise FatError(f"--r {args.r}: {exc}") from None
+    if any(layers) and args.format in ("hf", "safetensors"):
+        raise FatError(f"--r {args.r}: a {args.format} export holds the plain model; merging is set where it runs "
+                       "(set_tome_r, fat predict/evaluate --r)")
+    out = args.out or default_out(args.checkpoint, args.format, args.r)
+    if out.resolve() == args.checkpoint.resolve():
+        raise FatError(f"{out}: is the checkpoint itself; choose another --out")
+    report: dict[str, object] = {"format": args.format, "out": str(out), "checkpoint": str(args.checkpoint)}
+    if args.format == "safetensors":
+        extra = {} if hf.is_hf_checkpoint(args.checkpoint) else read_student_file(args.checkpoint)["extra"]
+        if out.suffix != ".safetensors":
+            raise FatError(f"{out}: a safetensors student file must be named *.safetensors")
+        report["max_logit_difference"] = export_safetensors(model, config, extra, out)
+    elif args.format == "hf":
+        report["max_logit_difference"] = export_hf(model, config, out, args.labels)
+    else:
+        gap, info = export_graph(model, config, out, args.format, r, optimize=args.optimize)
+        report.update(max_logit_difference=gap, tome_r=info["tome_r"], tome_r_per_layer=layers,
+                      tokens_per_layer=info["tokens_per_layer"],
+                      input=info["input"])
+    print(json.dumps(report, indent=2))
+    return 0
