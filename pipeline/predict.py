@@ -6,7 +6,8 @@ padded to it, as in training. Each window gets its own top-k; the pooled result 
 class, the maximum (or mean) probability over the windows.
 
 Models plug in through `Tagger`: `teacher:NAME` (released EfficientAT mn, or several names
-for an ensemble) and `student:PATH` (a `fat train` checkpoint) are the two kinds.
+for an ensemble), `student:PATH` (a `fat train` checkpoint, .pt or .safetensors, or a Hugging
+Face AST folder) and `onnx:PATH` (a `fat export --format onnx` file, run by ONNX Runtime on the CPU).
 """
 
 from __future__ import annotations
@@ -85,10 +86,17 @@ class TeacherTagger:
 class StudentTagger:
     """A `fat train` student: 16 kHz Kaldi fbank of the trained frame count, AST forward."""
 
-    def __init__(self, path: Path, device: torch.device, precision: Precision) -> None:
+    def __init__(self, path: Path, device: torch.device, precision: Precision, r: str | None = None) -> None:
         from pipeline.checkpoint import load_student, student_features
+        from student.errors import StudentError
+        from student.tome import parse_r_spec, set_tome_r
 
         self.model, self.config = load_student(path, map_location=device)
+        self.r = r or "0"
+        try:
+            set_tome_r(self.model, parse_r_spec(self.r))
+        except StudentError as exc:
+            raise FatError(f"--r {r}: {exc}") from None
         self.path, self.device, self.precision = path, device, precision
         self.name = f"student:{path.name}"
         self.sample_rate = 16000
@@ -114,20 +122,74 @@ class StudentTagger:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "student", "name": self.name, "checkpoint": str(self.path),
-                "label_csv_sha256": self.config.get("label_csv_sha256"), "tome_r": self.config.get("tome_r")}
+                "label_csv_sha256": self.config.get("label_csv_sha256"), "trained_tome_r": self.config.get("tome_r"),
+                "tome_r": self.r}
+
+
+class OnnxTagger:
+    """A `fat export --format onnx` student run by ONNX Runtime (CPU), merge rate baked in; the fbank is
+    computed as for the student (student.frontend) and handed to the ONNX graph."""
+
+    def __init__(self, path: Path, r: str | None = None) -> None:
+        from pipeline.checkpoint import student_features
+        from pipeline.export import OnnxStudent
+        from student.errors import StudentError
+        from student.tome import parse_r_spec
+
+        try:
+            wanted = parse_r_spec(r) if r is not None else None
+        except StudentError as exc:
+            raise FatError(f"--r {r}: {exc}") from None
+        self.runner = OnnxStudent(path, r=wanted)
+        self.path, self.config = path, self.runner.config
+        self.name = f"onnx:{path.name}"
+        self.sample_rate = 16000
+        self.features = student_features(self.config)
+        if (self.features.target_frames, self.features.num_mel_bins) != (self.runner.frames, self.runner.mel_bins):
+            raise FatError(f"{path}: its config says {self.features.target_frames} frames × "
+                           f"{self.features.num_mel_bins} mel bins, its graph takes {self.runner.frames} × "
+                           f"{self.runner.mel_bins}")
+        self.window_seconds = self.features.target_frames / 100.0
+        self.num_classes = int(self.config["num_classes"])
+        self.multi_label = bool(self.config.get("multi_label", True))
+
+    def logits(self, windows: np.ndarray) -> np.ndarray:
+        import torch
+
+        from student.frontend import BatchFbank
+
+        f = self.features
+        frontend = BatchFbank(f.target_frames, f.num_mel_bins, f.mean, f.std)
+        waves = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
+        lengths = torch.full((waves.shape[0],), waves.shape[1], dtype=torch.int64)
+        with torch.inference_mode():
+            fbanks = frontend(waves, lengths, self.sample_rate).numpy()
+        return self.runner.logits(fbanks)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "onnx", "name": self.name, "file": str(self.path),
+                "label_csv_sha256": self.config.get("label_csv_sha256"), "tome_r": self.runner.info["tome_r"],
+                "tokens_per_layer": self.runner.info["tokens_per_layer"]}
 
 
 def load_tagger(model: str, checkpoints: Sequence[Path], random_init: bool, num_classes: int | None,
-                device: torch.device, precision: Precision) -> Tagger:
-    """`device` and `precision` (pipeline.runtime.Precision) are where and how the model runs."""
-    """`teacher:NAME[,NAME...]`, a bare teacher name, or `student:PATH`."""
+                device: torch.device, precision: Precision, r: str | None = None) -> Tagger:
+    """`teacher:NAME[,NAME...]`, a bare teacher name, `student:PATH` or `onnx:PATH`.
+
+    `device` and `precision` (pipeline.runtime.Precision) are where and how a torch model runs (an ONNX
+    model runs on the CPU); `r` is a student's merge rate (an ONNX file must have been exported with it).
+    """
     kind, _, value = model.partition(":") if ":" in model else ("teacher", "", model)
-    if kind == "student":
+    if kind in ("student", "onnx"):
         if random_init or checkpoints:
-            raise FatError("--random-init and --checkpoint apply to teachers; a student is its checkpoint")
-        return StudentTagger(Path(value), device, precision)
+            raise FatError(f"--random-init and --checkpoint apply to teachers; a {kind} model is its file")
+        if kind == "onnx":
+            return OnnxTagger(Path(value), r)
+        return StudentTagger(Path(value), device, precision, r)
+    if r is not None:
+        raise FatError("--r is a student's merge rate; teachers do not merge tokens")
     if kind != "teacher" or not value:
-        raise FatError(f"--model must be teacher:NAME or student:PATH, got {model!r}")
+        raise FatError(f"--model must be teacher:NAME, student:PATH or onnx:PATH, got {model!r}")
     return TeacherTagger(value.split(","), checkpoints, random_init, num_classes, device, precision)
 
 

@@ -176,3 +176,29 @@ def test_exported_files_refuse_another_r_and_bad_files(tmp_path: Path, student_p
     assert main(["export", "--checkpoint", str(student_pt), "--format", "hf", "--r", "16",
                  "--out", str(tmp_path / "hf")]) == 2
     assert not (tmp_path / "hf").exists()
+
+
+# ------------------------------------------------------------------ fat predict --model onnx:PATH
+
+
+def test_predict_runs_the_onnx_file_like_the_student(tmp_path: Path, student_pt: Path, capsys) -> None:
+    import soundfile
+
+    exported, _ = onnx_file(student_pt, 16, capsys)
+    rng = np.random.default_rng(0)
+    wav = tmp_path / "clip.wav"
+    soundfile.write(wav, (0.1 * rng.standard_normal(40000)).astype(np.float32), 16000)  # 2.5 s: two 2 s windows
+    results = {}
+    for spec in (f"onnx:{exported}", f"student:{student_pt}"):
+        capsys.readouterr()
+        assert main(["predict", str(wav), "--model", spec, "--r", "16", "--json", "--top-k", "5"]) == 0
+        results[spec.split(":")[0]] = json.loads(capsys.readouterr().out)
+    onnx_run, eager_run = results["onnx"], results["student"]
+    assert onnx_run["model"]["kind"] == "onnx" and onnx_run["model"]["tome_r"] == "16"
+    assert len(onnx_run["files"][0]["windows"]) == 2
+    for a, b in zip(onnx_run["files"][0]["windows"] + [onnx_run["files"][0]["pooled"]],
+                    eager_run["files"][0]["windows"] + [eager_run["files"][0]["pooled"]]):
+        assert [t["index"] for t in a["top"]] == [t["index"] for t in b["top"]]
+        assert max(abs(x["probability"] - y["probability"]) for x, y in zip(a["top"], b["top"])) <= 1e-4
+    assert main(["predict", str(wav), "--model", f"onnx:{exported}", "--r", "8"]) == 2
+    assert "exported with r = 16" in capsys.readouterr().err

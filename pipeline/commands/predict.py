@@ -21,8 +21,12 @@ class PredictSettings:
     id: list[str] = option([], "clip id(s) to tag, read from the --packed stores", metavar="ID")
     teacher: list[str] = option(["mn10_as"], "released teacher name(s); several = their mean logits (default: mn10_as)",
                                 metavar="NAME")
-    model: str | None = option(None, "teacher:NAME[,NAME...] or student:PATH (a `fat train` checkpoint); overrides "
-                                     "--teacher (default: the --teacher)", metavar="SPEC")
+    model: str | None = option(None, "teacher:NAME[,NAME...], student:PATH (a `fat train` checkpoint, .pt or "
+                                     ".safetensors, or a Hugging Face AST folder) or onnx:PATH (`fat export --format "
+                                     "onnx`, run by ONNX Runtime on the CPU); overrides --teacher (default: the "
+                                     "--teacher)", metavar="SPEC")
+    r: str | None = option(None, "merge rate of a student: 16, 16,16,8 or 16:-1 (default: 0); an onnx model must have "
+                                 "been exported with it (default: its own)", metavar="R")
     checkpoint: list[Path] = option([], "local teacher checkpoint file(s), one per teacher (default: the cached "
                                         "download)", metavar="PATH")
     random_init: bool = option(False, "RANDOMLY INITIALISED teacher, for tests and the offline demo: meaningless labels")
@@ -48,7 +52,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "padded window); each window gets its top-k, and the pooled result takes each class's maximum\n"
             "(or mean) probability over the windows. Examples:\n"
             "  fat predict street.m4a --teacher mn10_as --labels data/metadata/class_labels_indices.csv\n"
-            "  fat predict *.wav --model student:models/student/student.pt --json\n"
+            "  fat predict *.wav --model student:models/student/student.pt --r 16 --json\n"
+            "  fat predict clip.flac --model onnx:models/student/student_r16.onnx\n"
             "  fat predict --packed data/packed/eval --id --4gqARaEJE0 --random-init"
         ),
         settings=PredictSettings,
@@ -78,7 +83,7 @@ def run(namespace: argparse.Namespace) -> int:
         num_classes = len(load_label_csv(args.labels))
     device = runtime.choose_device(args.device)
     precision = runtime.choose_precision(args.precision, device)
-    tagger = load_tagger(model, args.checkpoint, args.random_init, num_classes, device, precision)
+    tagger = load_tagger(model, args.checkpoint, args.random_init, num_classes, device, precision, args.r)
     window, hop = check_window(args.window, args.hop, tagger)
     names = ClassNames.find(args.labels, tagger.num_classes)
     if clips is not None:
