@@ -189,7 +189,7 @@ def load_tagger(model: str, checkpoints: Sequence[Path], random_init: bool, num_
     if r is not None:
         raise FatError("--r is a student's merge rate; teachers do not merge tokens")
     if kind != "teacher" or not value:
-        raise FatError(f"--model must be teacher:NAME, student:PATH or onnx:PATH, got {model!r}")
+        raise FatError(f"--model must be teacher:NAME or student:PATH (or onnx:PATH), got {model!r}")
     return TeacherTagger(value.split(","), checkpoints, random_init, num_classes, device, precision)
 
 
