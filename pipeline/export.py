@@ -153,7 +153,9 @@ def export_graph(model: ASTModel, config: dict[str, Any], out: Path, kind: str, 
 class OnnxStudent:
     """An exported student run by ONNX Runtime (CPU): fbank (B, T, F) float32 → logits (B, C)."""
 
-    def __init__(self, path: Path, r: RSpec | None = None, threads: int | None = None) -> None:
+    def __init__(self, path: Path, r: RSpec | None = None, threads: int | None = None, spin: bool = True) -> None:
+        """`threads`: ORT intra-op threads (None: its default); `spin=False` stops ORT's threads from
+        busy-waiting between runs, so that timing it beside torch in one process is fair to torch."""
         from student.errors import StudentError
         from student.export import INPUT_NAME, METADATA_KEY, check_r, read_description
 
@@ -167,6 +169,8 @@ class OnnxStudent:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # truncated or foreign: say which file

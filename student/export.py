@@ -64,8 +64,11 @@ def save_program(model: ASTModel, config: dict[str, Any], r: RSpec, path: Path) 
 def save_onnx(model: ASTModel, config: dict[str, Any], r: RSpec, path: Path, optimize: bool = True) -> dict[str, Any]:
     """Write an ONNX file (torch.onnx's dynamo exporter from the torch.export program) with its description
     in metadata_props; `path` is a temporary name the caller renames."""
-    import onnx
-
+    try:
+        import onnx
+        import onnxscript  # noqa: F401 - torch.onnx's dynamo exporter needs it
+    except ImportError:
+        raise StudentError("ONNX export needs onnx and onnxscript: pip install 'faster-audio-transformers[onnx]'") from None
     info = describe(model, config, r)
     program = torch.onnx.export(export_program(model, r), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                 dynamo=True, optimize=optimize, verbose=False)
