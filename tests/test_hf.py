@@ -185,3 +185,22 @@ def test_fat_export_hf_loads_cleanly_in_transformers(tmp_path: Path) -> None:
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     assert main(["export", "--checkpoint", str(checkpoint), "--format", "hf", "--out", str(tmp_path / "busy")]) == 2
     assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["notes.txt"]
+
+
+def test_fat_predict_tags_with_a_hf_folder_and_its_class_names(tmp_path: Path, capsys) -> None:
+    import numpy as np
+    import soundfile
+
+    from pipeline.cli import main
+
+    pre = {"feature_extractor_type": "ASTFeatureExtractor", "num_mel_bins": 128, "max_length": 100,
+           "sampling_rate": 16000, "do_normalize": True, "mean": -4.27, "std": 4.57}
+    names = {str(i): f"Sound {i}" for i in range(7)}
+    folder, _ = hf_model(tmp_path, "named", preprocessor=pre, id2label=names,
+                         label2id={v: int(k) for k, v in names.items()})
+    wav = tmp_path / "clip.wav"
+    soundfile.write(wav, (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000)
+    assert main(["predict", str(wav), "--model", f"student:{folder}", "--json", "--top-k", "3"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["labels"] == "the model's id2label"
+    assert {t["name"] for t in result["files"][0]["pooled"]["top"]} <= set(names.values())

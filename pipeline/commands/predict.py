@@ -61,6 +61,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def model_class_names(tagger: object):  # noqa: ANN201 - ClassNames | None; kept out of `fat --help`'s imports
+    """The class names a Hugging Face checkpoint carries (its id2label), unless they are the LABEL_<i> filler."""
+    import re
+
+    from pipeline.predict import ClassNames
+
+    labels = getattr(tagger, "config", {}).get("labels")
+    if not isinstance(labels, list) or len(labels) != tagger.num_classes:  # type: ignore[attr-defined]
+        return None
+    if all(re.fullmatch(r"LABEL_\d+", str(name)) for name in labels):
+        return None
+    return ClassNames([""] * len(labels), [str(name) for name in labels], "the model's id2label")
+
+
 def run(namespace: argparse.Namespace) -> int:
     import json
 
@@ -85,7 +99,8 @@ def run(namespace: argparse.Namespace) -> int:
     precision = runtime.choose_precision(args.precision, device)
     tagger = load_tagger(model, args.checkpoint, args.random_init, num_classes, device, precision, args.r)
     window, hop = check_window(args.window, args.hop, tagger)
-    names = ClassNames.find(args.labels, tagger.num_classes)
+    names = model_class_names(tagger) if args.labels is None else None
+    names = names or ClassNames.find(args.labels, tagger.num_classes)
     if clips is not None:
         results = [tag_samples(tagger, *clips.read(i, tagger.sample_rate), f"id {clip_id}", names, window, hop,
                                args.top_k, args.pool, args.batch_size) for i, clip_id in enumerate(args.id)]
