@@ -1,11 +1,12 @@
-"""The teacher: EfficientAT's MobileNetV3 "mn" CNNs, their mel front-end and the registry of
-released checkpoints. Pure torch; never imports `pipeline`.
+"""The teacher: EfficientAT's MobileNetV3 "mn" CNNs and dynamic "dymn" CNNs, their mel front-end
+and the registry of released checkpoints. Pure torch; never imports `pipeline`.
 
     from teacher import load_teacher
-    teacher = load_teacher("mn10_as")         # fetched into $FAT_CACHE/teachers on first use
+    teacher = load_teacher("mn10_as")         # fetched into $FAT_CACHE/teachers on first use (or "dymn20_as")
     logits = teacher(waveform_32k)            # (B, samples) → (B, 527) raw logits
 """
 
+from teacher.dymn import DyMNConfig, DynamicMobileNet, create_dymn
 from teacher.errors import CheckpointUnavailable, TeacherError
 from teacher.frontend import FrontEndConfig, MelFrontEnd, mel_filterbank
 from teacher.model import MNConfig, MobileNetAudio, create_mn
@@ -14,6 +15,7 @@ from teacher.teacher import RANDOM_INIT_WARNING, Provenance, Teacher, load_teach
 
 __all__ = [
     "CheckpointUnavailable", "TeacherError", "FrontEndConfig", "MelFrontEnd", "mel_filterbank", "MNConfig",
-    "MobileNetAudio", "create_mn", "ENSEMBLES", "RELEASED", "ReleasedTeacher", "expand_names", "released",
+    "MobileNetAudio", "create_mn", "DyMNConfig", "DynamicMobileNet", "create_dymn", "ENSEMBLES", "RELEASED",
+    "ReleasedTeacher", "expand_names", "released",
     "RANDOM_INIT_WARNING", "Provenance", "Teacher", "load_teacher",
 ]

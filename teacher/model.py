@@ -159,6 +159,45 @@ class InvertedResidual(nn.Module):
         return out + x if self.residual else out
 
 
+def classifier_head(num_features: int, hidden: int, num_classes: int, head: str, dropout: float) -> nn.Sequential:
+    """The head both families share, indexed like the checkpoints: "mlp" = pool, flatten, linear,
+    hardswish, dropout, linear; "fully_convolutional" = 1×1 conv, batch norm, mean over positions."""
+    if head == "mlp":
+        return nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(num_features, hidden),
+            nn.Hardswish(inplace=True), nn.Dropout(dropout, inplace=True), nn.Linear(hidden, num_classes),
+        )
+    return nn.Sequential(
+        nn.Conv2d(num_features, num_classes, 1, bias=False),
+        nn.BatchNorm2d(num_classes),
+        nn.AdaptiveAvgPool2d(1),
+    )
+
+
+def init_layers(root: nn.Module) -> None:
+    """EfficientAT's initialisation: convs He (fan-out), norms identity, linears N(0, 0.01), biases 0."""
+    for module in root.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, 0.01)
+            nn.init.zeros_(module.bias)
+
+
+def check_mel_input(mel: Tensor) -> Tensor:
+    """(B, mels, frames) or (B, 1, mels, frames) → (B, 1, mels, frames); anything else is an error."""
+    if mel.dim() == 3:
+        mel = mel.unsqueeze(1)
+    if mel.dim() != 4 or mel.shape[1] != 1:
+        raise TeacherError(f"expected log-mel input (B, 1, mels, frames) or (B, mels, frames), got {tuple(mel.shape)}")
+    return mel
+
+
 class MobileNetAudio(nn.Module):
     """An mn tagger: (B, 1, mels, frames) log-mel → (B, num_classes) raw logits."""
 
@@ -180,38 +219,16 @@ class MobileNetAudio(nn.Module):
         self.num_features = 6 * last_in
         layers.append(ConvNormAct(last_in, self.num_features, 1, act=nn.Hardswish))
         self.features = nn.Sequential(*layers)
-        if cfg.head == "mlp":
-            hidden = ch(_BASE_HEAD_CHANNELS)
-            self.classifier = nn.Sequential(
-                nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(self.num_features, hidden),
-                nn.Hardswish(inplace=True), nn.Dropout(cfg.dropout, inplace=True), nn.Linear(hidden, cfg.num_classes),
-            )
-        else:  # fully convolutional: per-position class scores, then the mean over positions
-            self.classifier = nn.Sequential(
-                nn.Conv2d(self.num_features, cfg.num_classes, 1, bias=False),
-                nn.BatchNorm2d(cfg.num_classes),
-                nn.AdaptiveAvgPool2d(1),
-            )
+        self.classifier = classifier_head(self.num_features, ch(_BASE_HEAD_CHANNELS), cfg.num_classes,
+                                          cfg.head, cfg.dropout)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, 0.01)
-                nn.init.zeros_(module.bias)
+        init_layers(self)
 
     def forward_features(self, mel: Tensor) -> Tensor:
         """The last feature map (B, num_features, F', T')."""
-        if mel.dim() == 3:
-            mel = mel.unsqueeze(1)
-        if mel.dim() != 4 or mel.shape[1] != 1:
-            raise TeacherError(f"expected log-mel input (B, 1, mels, frames) or (B, mels, frames), got {tuple(mel.shape)}")
-        return self.features(mel)
+        return self.features(check_mel_input(mel))
 
     def forward_head(self, fmap: Tensor) -> Tensor:
         return self.classifier(fmap).flatten(1)

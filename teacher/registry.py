@@ -1,9 +1,9 @@
-"""The released EfficientAT AudioSet "mn" checkpoints: name → file, URL, network shape,
+"""The released EfficientAT checkpoints, "mn" and "dymn": name → file, URL, network shape,
 front-end settings and the mAP its authors published (AudioSet eval set).
 
-File names and mAP values are EfficientAT's (release v0.0.1; the file name encodes the mAP
-×1000). No sha256 is published upstream, so `sha256` is None for them: fill one in (or pass a
-verified local file with --checkpoint) to have downloads verified.
+File names and mAP values are EfficientAT's (release v0.0.1; the file name often encodes the
+mAP ×1000). No sha256 is published upstream, so `sha256` is None for all of them: fill one in
+(or pass a verified local file with --checkpoint) to have downloads verified.
 """
 
 from __future__ import annotations
@@ -12,13 +12,17 @@ import os
 import urllib.parse
 from dataclasses import dataclass, field
 
+from torch import nn
+
+from teacher.dymn import DyMNConfig, DynamicMobileNet
 from teacher.errors import TeacherError
 from teacher.frontend import FrontEndConfig
-from teacher.model import MNConfig
+from teacher.model import MNConfig, MobileNetAudio
 
 RELEASE_URL = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/"
 MIRROR_ENV = "FAT_TEACHER_MIRROR"  # a folder URL holding the same file names (offline mirrors, tests)
 AUDIOSET_CLASSES = 527
+IMAGENET_CLASSES = 1000
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,11 @@ class ReleasedTeacher:
     sha256: str | None = None
     note: str = ""
     num_classes: int = AUDIOSET_CLASSES
+    family: str = "mn"  # "mn" (teacher.model) or "dymn" (teacher.dymn)
+    dynamic_blocks: str = "all"  # dymn only: "all" or "replace_se"
+    temperature: float = 1.0  # dymn only: the kernel-attention temperature its training ended with
+    published_params_m: float | None = None  # parameters (millions) as EfficientAT's README states them
+    published_macs_g: float | None = None  # multiply-accumulates per 10-s clip (billions), likewise
 
     @property
     def url(self) -> str:
@@ -43,9 +52,26 @@ class ReleasedTeacher:
     def frontend_config(self) -> FrontEndConfig:
         return FrontEndConfig(n_mels=self.n_mels, hop_length=self.hop_length)
 
-    def model_config(self, num_classes: int | None = None) -> MNConfig:
-        return MNConfig(width=self.width, num_classes=num_classes or self.num_classes, strides=self.strides,
+    def model_config(self, num_classes: int | None = None) -> MNConfig | DyMNConfig:
+        classes = num_classes or self.num_classes
+        if self.family == "dymn":
+            return DyMNConfig(width=self.width, num_classes=classes, strides=self.strides, head=self.head,
+                              dynamic_blocks=self.dynamic_blocks, temperature=self.temperature)
+        return MNConfig(width=self.width, num_classes=classes, strides=self.strides,
                         head=self.head, input_dims=(self.n_mels, 1000))
+
+    def build_model(self, num_classes: int | None = None) -> nn.Module:
+        """The network of this entry (random weights), the one place that maps family → class."""
+        cfg = self.model_config(num_classes)
+        return DynamicMobileNet(cfg) if isinstance(cfg, DyMNConfig) else MobileNetAudio(cfg)
+
+    def architecture(self, num_classes: int) -> dict:
+        """The shape facts recorded in a teacher's provenance (mn entries keep their original keys,
+        so stores written before DyMN existed keep their identity)."""
+        arch = {"width": self.width, "head": self.head, "strides": list(self.strides), "num_classes": num_classes}
+        if self.family == "dymn":
+            arch.update(family="dymn", dynamic_blocks=self.dynamic_blocks, temperature=self.temperature)
+        return arch
 
 
 def _mn(name: str, file: str, width: float, mAP: float | None, **kw) -> ReleasedTeacher:
@@ -83,7 +109,42 @@ _RELEASED: tuple[ReleasedTeacher, ...] = (
         strides=(2, 2, 1, 1), note="file name says 0.466"),
 )
 
-RELEASED: dict[str, ReleasedTeacher] = {spec.name: spec for spec in _RELEASED}
+# EfficientAT's README: parameters (M) and MACs (G) per width; the same for every run of a width.
+_DYMN_SIZE = {0.4: (1.97, 0.12), 1.0: (10.57, 0.58), 2.0: (40.02, 2.2)}
+
+
+def _dymn(name: str, file: str, width: float, mAP: float | None, dynamic_blocks: str = "all",
+          imagenet: bool = False, **kw) -> ReleasedTeacher:
+    params, macs = _DYMN_SIZE[width] if dynamic_blocks == "all" and not imagenet else (None, None)
+    return ReleasedTeacher(
+        name=name, file=file, width=width, published_map=mAP, family="dymn", dynamic_blocks=dynamic_blocks,
+        # ImageNet pre-training keeps the temperature at its start value 30 (upstream's pretrain_final_temp
+        # for *_im start points); the AudioSet runs anneal it to 1.
+        temperature=30.0 if imagenet else 1.0, num_classes=IMAGENET_CLASSES if imagenet else AUDIOSET_CLASSES,
+        published_params_m=params, published_macs_g=macs, **kw)
+
+
+_IMAGENET_NOTE = "ImageNet start point (1000-class head), not an AudioSet tagger"
+_RELEASED_DYMN: tuple[ReleasedTeacher, ...] = (
+    _dymn("dymn04_as", "dymn04_as.pt", 0.4, 0.450),
+    _dymn("dymn10_as", "dymn10_as.pt", 1.0, 0.477),
+    # upstream pointed this name at dymn20_as.pt until 2024-02-07, when the README's 49.1 was measured
+    _dymn("dymn20_as", "dymn20_as_mAP_493.pt", 2.0, None, note="file name says 0.493 (upstream's default "
+          "since 2024-02-07); the README's 49.1 is dymn20_as(1)'s"),
+    _dymn("dymn20_as(1)", "dymn20_as.pt", 2.0, 0.491, note="dymn20_as before 2024-02-07, the README's 49.1"),
+    _dymn("dymn20_as(2)", "dymn20_as_mAP_489.pt", 2.0, None, note="file name says 0.489"),
+    _dymn("dymn20_as(3)", "dymn20_as_mAP_490.pt", 2.0, None, note="file name says 0.490"),
+    _dymn("dymn04_replace_se_as", "dymn04_replace_se_as.pt", 0.4, None, dynamic_blocks="replace_se",
+          note="dynamic blocks only where MobileNetV3 has squeeze-excitation; no mAP published"),
+    _dymn("dymn10_replace_se_as", "dymn10_replace_se_as.pt", 1.0, None, dynamic_blocks="replace_se",
+          note="dynamic blocks only where MobileNetV3 has squeeze-excitation; no mAP published; upstream's "
+          "URL table spells the file with a leading space"),
+    _dymn("dymn04_im", "dymn04_im.pt", 0.4, None, imagenet=True, note=_IMAGENET_NOTE),
+    _dymn("dymn10_im", "dymn10_im.pt", 1.0, None, imagenet=True, note=_IMAGENET_NOTE),
+    _dymn("dymn20_im", "dymn20_im.pt", 2.0, None, imagenet=True, note=_IMAGENET_NOTE),
+)
+
+RELEASED: dict[str, ReleasedTeacher] = {spec.name: spec for spec in _RELEASED + _RELEASED_DYMN}
 
 
 @dataclass(frozen=True)

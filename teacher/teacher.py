@@ -1,6 +1,6 @@
-"""A ready teacher: mel front-end + mn network + where its weights came from.
+"""A ready teacher: mel front-end + network (mn or dymn) + where its weights came from.
 
-`load_teacher("mn10_as")` fetches the released checkpoint into the cache (or uses
+`load_teacher("mn10_as")` (or "dymn20_as") fetches the released checkpoint into the cache (or uses
 `checkpoint=PATH`), checks that it fits the network exactly (strict: same keys and shapes) and
 returns a `Teacher` in eval mode that maps 32 kHz waveforms to raw logits.
 """
@@ -19,7 +19,6 @@ from torch import Tensor, nn
 from teacher.errors import CheckpointUnavailable, TeacherError
 from teacher.frontend import MelFrontEnd
 from teacher.hub import cache_dir, download, read_state_dict, sha256_file
-from teacher.model import MobileNetAudio
 from teacher.registry import ReleasedTeacher, released
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ class Provenance:
 class Teacher(nn.Module):
     """(B, samples) 32 kHz waveform → (B, num_classes) raw logits (pre-sigmoid)."""
 
-    def __init__(self, frontend: MelFrontEnd, model: MobileNetAudio, provenance: Provenance) -> None:
+    def __init__(self, frontend: MelFrontEnd, model: nn.Module, provenance: Provenance) -> None:
         super().__init__()
         self.frontend = frontend
         self.model = model
@@ -109,7 +108,7 @@ def load_weights(model: nn.Module, state: dict[str, Tensor], source: str) -> Non
 
 
 def checkpoint_classes(state: dict[str, Tensor]) -> int | None:
-    """Class count of an mn checkpoint from its last layer (mlp head or fully convolutional head)."""
+    """Class count of an mn or dymn checkpoint from its last layer (mlp head or fully convolutional head)."""
     for key in ("classifier.5.bias", "classifier.1.bias"):
         if key in state:
             return int(state[key].shape[0])
@@ -117,7 +116,7 @@ def checkpoint_classes(state: dict[str, Tensor]) -> int | None:
 
 
 @torch.no_grad()
-def calibrate_batchnorm(model: MobileNetAudio, frontend: MelFrontEnd, generator: torch.Generator,
+def calibrate_batchnorm(model: nn.Module, frontend: MelFrontEnd, generator: torch.Generator,
                         clips: int = 6, seconds: float = 0.5) -> None:
     """Give a freshly initialised network BatchNorm statistics of real-looking input.
 
@@ -163,7 +162,7 @@ def load_teacher(
             raise TeacherError("--random-init and --checkpoint exclude each other")
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
-        model = MobileNetAudio(spec.model_config(classes))
+        model = spec.build_model(classes)
         calibrate_batchnorm(model, frontend, torch.Generator().manual_seed(seed))
         torch.random.set_rng_state(generator_state)
         log.warning("!!! %s", RANDOM_INIT_WARNING.format(name=name))
@@ -176,13 +175,14 @@ def load_teacher(
             raise TeacherError(
                 f"{path}: checkpoint has {found} classes but {classes} are needed "
                 f"({'the label list' if num_classes else name} has {classes})"
+                + (f"; {name}: {spec.note}" if spec.note else "")
             )
-        model = MobileNetAudio(spec.model_config(classes))
+        model = spec.build_model(classes)
         load_weights(model, state, str(path))
         file, digest = str(path), sha256_file(path)
     provenance = Provenance(
         name=name, checkpoint_file=file, checkpoint_sha256=digest, random_init=random_init,
         frontend=frontend.cfg.to_dict(), published_map=spec.published_map,
-        architecture={"width": spec.width, "head": spec.head, "strides": list(spec.strides), "num_classes": classes},
+        architecture=spec.architecture(classes),
     )
     return Teacher(frontend, model, provenance).eval()
