@@ -9,8 +9,15 @@
 The model-only rate is measured before and after the stage run and averaged, because the
 machine is shared. Target: end to end ≥ 80 % of model only.
 
+--compare NAME... instead sizes several teachers against each other (the README's teacher table):
+parameters, multiply-accumulates per 10-s clip (torch's FLOP counter: convolutions and matrix
+products, the operations EfficientAT's published MACs count) and the network's clips/s on
+pre-loaded 10-s mel batches, each name measured twice in turn (rounds interleaved, so a busy
+spell on a shared machine does not land on one model only); no stage run.
+
     python -m bench.teacher                          # 1000 clips of 10 s, mn10_as, batch 32, 2 workers
     python -m bench.teacher --clips 200 --teacher mn04_as
+    python -m bench.teacher --compare mn10_as dymn04_as dymn10_as dymn20_as --clips 32 --batch-size 8
 """
 
 from __future__ import annotations
@@ -59,6 +66,42 @@ def model_rate(tagger: torch.nn.Module, batches: list[torch.Tensor], clips: int,
         return done / (time.perf_counter() - start)
 
 
+def model_macs(tagger: torch.nn.Module, mel: torch.Tensor) -> float:
+    """Multiply-accumulates of the network for one clip's mel (convolutions and matrix products)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        tagger.model(mel[:1])
+    return counter.get_total_flops() / 2
+
+
+def compare(names: list[str], clips: int, batch_size: int, seconds: float, device: torch.device) -> None:
+    """Parameters, MACs per clip and model-only clips/s of each teacher (random weights)."""
+    from teacher import load_teacher
+    from teacher.registry import released
+
+    taggers = {name: load_teacher(name, random_init=True).to(device) for name in names}
+    generator = torch.Generator().manual_seed(0)
+    waves = [0.3 * torch.randn(batch_size, int(seconds * 32000), generator=generator).to(device) for _ in range(2)]
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(2):
+        for name, tagger in taggers.items():
+            rates[name].append(model_rate(tagger, waves, clips, with_frontend=False))
+    print(f"\nmachine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch threads, "
+          f"device {device} (fp32), torch {torch.__version__}; {clips} clips of {seconds:g} s per round, "
+          f"batch {batch_size}\n")
+    print("| teacher | published mAP | params (M) | GMACs / clip | model clips/s (round 1 / 2) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, tagger in taggers.items():
+        spec = released(name)
+        params = sum(p.numel() for p in tagger.model.parameters()) / 1e6
+        macs = model_macs(tagger, tagger.frontend(waves[0][:1]).unsqueeze(1)) / 1e9
+        published = f"{spec.published_map:.3f}" if spec.published_map is not None else "–"
+        first, second = rates[name]
+        print(f"| {name} | {published} | {params:.2f} | {macs:.3f} | {(first + second) / 2:.2f} "
+              f"({first:.2f} / {second:.2f}) |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=1000, help="WAV clips for the stage run (default: 1000)")
@@ -68,8 +111,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader decoding workers (default: 2)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     parser.add_argument("--work-dir", type=Path, default=None, help="folder for the clips (default: a temp folder)")
+    parser.add_argument("--compare", nargs="+", metavar="NAME", default=None,
+                        help="size these teachers against each other instead of the stage run (see above)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.compare:
+        from pipeline import runtime
+
+        compare(args.compare, args.clips, args.batch_size, args.seconds, runtime.choose_device(args.device))
+        return
 
     from pipeline import runtime
     from pipeline.logits.run import run_logits
