@@ -5,7 +5,7 @@ cut into windows of the model's input length with a hop; a file shorter than one
 padded to it, as in training. Each window gets its own top-k; the pooled result takes, per
 class, the maximum (or mean) probability over the windows.
 
-Models plug in through `Tagger`: `teacher:NAME` (released EfficientAT mn, or several names
+Models plug in through `Tagger`: `teacher:NAME` (released EfficientAT mn or DyMN, or several names
 for an ensemble), `student:PATH` (a `fat train` checkpoint, .pt or .safetensors, or a Hugging
 Face AST folder) and `onnx:PATH` (a `fat export --format onnx` file, run by ONNX Runtime on the CPU).
 """

@@ -13,7 +13,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
         subparsers, "logits", "EfficientAT teacher logits for datafile clips → one HDF5 store",
         description=(
-            "Run an EfficientAT mn teacher (or an ensemble: the mean of several teachers' logits) over\n"
+            "Run an EfficientAT mn or DyMN teacher (or an ensemble: the mean of several teachers' logits) over\n"
             "every clip of the datafiles at 32 kHz, each padded or cut to --clip-seconds, and write\n"
             "  <out>               ids + logits[N, C] + provenance; `complete` once every clip is in\n"
             "  <out stem>.metrics.json  the teacher's own mAP per datafile (when a label CSV is found)\n"
