@@ -85,6 +85,9 @@ def test_tiny_ast_learns_a_generated_multilabel_task(task, learned):
     # student.pt is the weight-averaged model whose metrics the run reported.
     model, config = load_student(learned / "student.pt")
     assert config["norm_mean"] == pytest.approx(-4.2677393) and config["multi_label"] and config["tome_r"] == "0"
+    head = config["head_init"]  # a new head: its bias from the label prior, calibrated on the training clips
+    assert head["init"] == "prior" and not head["from_checkpoint"] and head["calibration_clips"] == 40
+    assert config["teacher_store"]["teacher"] == "oracle-test-teacher" and config["label_noise"] == 0.0
     with torch.no_grad():
         scores = model(fbank).numpy()
     assert multilabel_metrics(task.valid_targets, scores)["mAP"] == pytest.approx(result["final"]["mAP"], abs=1e-6)

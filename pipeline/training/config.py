@@ -43,6 +43,11 @@ class TrainConfig:
                  "KD term)", choices=("error", "mask"), group=DATA)
     out: Path = option(help="output folder of this experiment, e.g. models/student; required, default: none",
                        group=DATA)
+    label_noise: float = option(
+        0.0, "fraction of training clips given another such clip's labels (seeded, reproducible; a test bed for "
+             "what a teacher adds when labels are wrong, pipeline.training.label_noise); 0 = the datafile's labels",
+        group=DATA, resume=False)
+    label_noise_seed: int = option(0, "seed of which clips --label-noise corrupts and how", group=DATA, resume=False)
     # model
     model_size: str = option("base384", "DeiT backbone of the AST", choices=("tiny224", "small224", "base224", "base384"),
                              group=MODEL, resume=False)
@@ -59,6 +64,11 @@ class TrainConfig:
         "0", "tokens merged per block while training: 16, per layer 16 16 8 (or 16,16,8), or a schedule 16:-1; "
              "0 = plain AST", nargs="+", metavar="R", group=MODEL, resume=False)
     drop_path: float = option(0.0, "stochastic depth rate (0..1)", minimum=0, group=MODEL, resume=False)
+    head_init: str = option(
+        "auto", "classifier head at the start: prior = bias at the log-odds of each class's training frequency "
+                "(focal-loss prior init, pipeline.training.head_prior), default = the model's own init (AST's); "
+                "auto = prior unless the head comes from --ast-checkpoint", choices=("auto", "prior", "default"),
+        group=MODEL, resume=False)
     grad_checkpointing: bool = option(
         False, "recompute block activations in backward to save GPU memory (r = 0 only)", group=MODEL)
     # features and augmentation
@@ -192,6 +202,8 @@ class TrainConfig:
         if self.uses_teacher and self.teacher is None:
             raise FatError(f"--kd-lambda {self.kd_lambda} < 1 needs teacher logits: pass --teacher STORE.h5 "
                            "(or --kd-lambda 1 for plain supervised training)")
+        if not 0.0 <= self.label_noise <= 1.0:
+            raise FatError(f"--label-noise is a fraction of the training clips and must lie in [0, 1], got {self.label_noise}")
         if not 0.0 <= self.mixup <= 1.0:
             raise FatError(f"--mixup is the fraction of mixed clips and must lie in [0, 1], got {self.mixup}")
         if self.lr <= 0 or self.kd_temperature <= 0 or self.norm_std <= 0:

@@ -63,6 +63,21 @@ def train(config: TrainConfig) -> RunResult:
         runtime.stop(context)
 
 
+def teacher_provenance(path: Path) -> dict[str, Any]:
+    """What the KD target came from, for the student file; a label-derived oracle store is announced loudly."""
+    from pipeline.store import LogitsStore
+
+    store = LogitsStore(path, allow_incomplete=True)
+    attrs = store.attrs
+    store.close()
+    provenance = {"store": path.name, "teacher": str(attrs.get("teacher", "?")),
+                  "random_init": bool(attrs.get("random_init", False)),
+                  "label_derived": bool(attrs.get("label_derived", False))}
+    if provenance["label_derived"]:
+        log.warning("!!! %s: %s", path, attrs.get("warning", "label-derived oracle logits, not a teacher"))
+    return provenance
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, context: runtime.Context) -> None:
         self.config = config
@@ -102,10 +117,18 @@ class Trainer:
             self.valid_clips.check_single_label()
         self.data_identity = {"label CSV": self.label_set.sha256, "training clips": self.train_clips.fingerprint(),
                               "validation clips": self.valid_clips.fingerprint()}
+        if cfg.label_noise > 0:  # after the identity: a resume checks the datafile's own labels
+            from pipeline.training.label_noise import corrupt_labels
+
+            self.train_clips, corrupted = corrupt_labels(self.train_clips, cfg.label_noise, cfg.label_noise_seed)
+            log.info("--label-noise %g: %d of %d training clips carry another clip's labels (seed %d)",
+                     cfg.label_noise, len(corrupted), len(self.train_clips), cfg.label_noise_seed)
         teacher = None
+        self.teacher_provenance: dict[str, Any] | None = None
         if cfg.uses_teacher:
             teacher = load_teacher_table(cfg.teacher, self.train_clips, self.label_set, cfg.missing_teacher)
             log.info("teacher logits for %.1f %% of the training clips", 100 * teacher.coverage)
+            self.teacher_provenance = teacher_provenance(cfg.teacher)
         features = Features(cfg.target_frames, cfg.num_mel_bins, cfg.norm_mean, cfg.norm_std)
         augment = Augment(cfg.mixup, cfg.freqm, cfg.timem, cfg.noise, cfg.time_shift)
         self.augment = augment
@@ -142,6 +165,7 @@ class Trainer:
             self.tome_r_layers = set_tome_r(model, parse_r_spec(cfg.tome_r))
         except StudentError as exc:
             raise FatError(f"student model: {exc}") from None
+        self.head_init = self.init_head(model)
         # The ImageNet heads are kept only so released checkpoints load strictly; they get no gradient.
         for name, parameter in model.named_parameters():
             if name.startswith(("v.head.", "v.head_dist.")):
@@ -163,6 +187,29 @@ class Trainer:
         self.averager = WeightAverager(cfg.wa_start, cfg.wa_end) if cfg.wa else None
         # Each rank its own stream for dropout / drop-path.
         torch.manual_seed(cfg.seed * 1000 + 1 + self.context.rank)
+
+    def init_head(self, model: nn.Module) -> dict[str, Any]:
+        """The head's bias from the training labels' prior, unless it comes from a checkpoint (--head-init);
+        returns what was done, for the student file. A resumed run then loads its saved head over it."""
+        from pipeline.training.head_prior import init_head_from_prior, label_frequencies, resolve_head_init
+
+        cfg = self.config
+        from_checkpoint = cfg.ast_checkpoint is not None
+        if resolve_head_init(cfg.head_init, from_checkpoint) != "prior":
+            return {"init": "default", "from_checkpoint": from_checkpoint}
+        clips = self.train_clips
+        frequencies = label_frequencies(clips.class_indices, len(clips), clips.num_classes)
+        summary = init_head_from_prior(model, frequencies, cfg.multi_label)
+        if cfg.multi_label:  # the random head's common offset taken out on the first training clips
+            from pipeline.dataset import collate_clips
+            from pipeline.training.head_prior import CALIBRATION_CLIPS, calibrate_bias
+
+            count = min(CALIBRATION_CLIPS, len(self.train_set))
+            batch = collate_clips([self.train_set[i] for i in range(count)])
+            features = self.inputs.evaluation(batch).cpu()
+            summary["calibration_clips"] = count
+            summary["calibration_shift"] = round(calibrate_bias(model, features, frequencies), 6)
+        return {"init": "prior", "from_checkpoint": from_checkpoint, **summary}
 
     @property
     def label_set_size(self) -> int:
@@ -379,7 +426,8 @@ class Trainer:
             "main_metric": cfg.main_metric,
             "label_csv_sha256": getattr(self.label_set, "sha256", None), "tome_r": cfg.tome_r,
             "tome_r_per_layer": list(self.tome_r_layers), "target_frames": cfg.target_frames,
-            "num_mel_bins": cfg.num_mel_bins,
+            "num_mel_bins": cfg.num_mel_bins, "head_init": dict(self.head_init),
+            "teacher_store": self.teacher_provenance, "label_noise": cfg.label_noise,
         }
 
     def save(self, finished: bool) -> None:
