@@ -140,19 +140,22 @@ def test_onnx_file_runs_with_onnxruntime_alone(tmp_path: Path, student_pt: Path,
     assert np.abs(np.load(tmp_path / "y.npy") - logits).max() <= 1e-4
 
 
-def test_torch_export_program_matches_eager(tmp_path: Path, student_pt: Path) -> None:
+@pytest.mark.parametrize("r", [0, 16, 32])
+def test_torch_export_program_matches_eager(tmp_path: Path, student_pt: Path, r: int) -> None:
     from student.export import load_program
 
     out = tmp_path / "student.pt2"
-    assert main(["export", "--checkpoint", str(student_pt), "--format", "torch-export", "--r", "16",
+    assert main(["export", "--checkpoint", str(student_pt), "--format", "torch-export", "--r", str(r),
                  "--out", str(out)]) == 0
-    module, info = load_program(out, r=16)
-    assert info["tokens_per_layer"] == tokens_per_layer(load_student(student_pt)[0], 16)
+    module, info = load_program(out, r=r)
+    assert info["tokens_per_layer"] == tokens_per_layer(load_student(student_pt)[0], r)
     for batch in (1, 3):
         x = fbank(batch, seed=10 + batch)
+        logits, tokens = eager(student_pt, r, x)
+        assert tokens == info["tokens_per_layer"]
         with torch.no_grad():
             got = module(x).numpy()
-        assert np.abs(got - eager(student_pt, 16, x)[0]).max() <= 1e-4
+        assert np.abs(got - logits).max() <= 1e-4
 
 
 def test_exported_files_refuse_another_r_and_bad_files(tmp_path: Path, student_pt: Path, capsys) -> None:
