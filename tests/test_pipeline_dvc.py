@@ -88,6 +88,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _COMMANDS = {
     "demo": ["demo-corpus"], "metadata": ["metadata"], "download": ["download", "--split", "eval"],
     "validate": ["validate", "--split", "eval"], "pack": ["pack", "--datafile", "d.json"], "logits": ["logits"],
+    "oracle": ["logits"],
     "train": ["train"],
     "evaluate": ["evaluate"], "prepare": ["prepare", "speechcommands"],
 }
@@ -266,7 +267,7 @@ def test_demo_pipeline_under_dvc(tmp_path: Path) -> None:
     first = _dvc(repo, env, "repro")
     assert _ran(first) == {"demo_corpus", "metadata", "download@balanced_train", "download@eval",
                            "validate@balanced_train", "validate@eval", "pack@balanced_train", "pack@eval",
-                           "logits", "train", "evaluate"}
+                           "logits", "oracle", "train", "evaluate"}
     assert not _dvc_complaints(first), first
     _check_stage_outputs(repo)
     _check_cache_is_intact_and_linked(repo)

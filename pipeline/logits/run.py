@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 def run_logits(settings: LogitsSettings) -> Outcome | None:
     """Compute (or finish) the store; returns the outcome on rank 0, None on other ranks."""
     settings.check()
+    if settings.oracle_from_labels:  # no model, no audio, one process
+        from pipeline.logits.oracle import write_oracle_store
+
+        return write_oracle_store(settings, find_label_csv(settings))
     ctx = runtime.start(settings.device, settings.threads)
     try:
         label_csv = find_label_csv(settings)

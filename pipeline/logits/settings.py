@@ -26,6 +26,10 @@ class LogitsSettings:
         False, "use RANDOMLY INITIALISED teachers (tests and the offline demo only: the logits carry no knowledge; "
                "recorded as random_init=True in the store)")
     seed: int = option(0, "seed of the --random-init weights")
+    oracle_from_labels: bool = option(
+        False, "no teacher at all: write logits of ±5 made from the datafiles' OWN LABELS (a teacher that knows the "
+               "answers, to show what KD adds when training labels are corrupted: fat train --label-noise); the "
+               "store says so (teacher oracle-from-labels, label_derived=True); no audio is read")
     packed: list[Path] = packed_option()
     out: Path | None = option(None, "the store to write (default: data/logits/<teacher>.h5)")
     labels: Path | None = option(
@@ -61,6 +65,8 @@ class LogitsSettings:
         check_values(self)
         if self.random_init and self.checkpoint:
             raise FatError("--random-init and --checkpoint exclude each other")
+        if self.oracle_from_labels and (self.random_init or self.checkpoint):
+            raise FatError("--oracle-from-labels uses no teacher model: drop --random-init and --checkpoint")
         if not self.datafile:
             raise FatError("no datafile given")
 
