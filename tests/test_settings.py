@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILES = ["params.yaml", "configs/audioset-balanced.yaml", "configs/audioset-full.yaml",
                 "configs/speechcommands.yaml"]
 SECTION_COMMAND = {"demo": "demo-corpus", "metadata": "metadata", "download": "download", "validate": "validate",
-                   "pack": "pack", "logits": "logits", "train": "train", "evaluate": "evaluate", "prepare": "prepare"}
+                   "pack": "pack", "logits": "logits", "oracle": "logits", "train": "train", "evaluate": "evaluate",
+                   "prepare": "prepare"}
 
 
 @dataclass(frozen=True, kw_only=True)
