@@ -204,3 +204,18 @@ def test_fat_predict_tags_with_a_hf_folder_and_its_class_names(tmp_path: Path, c
     result = json.loads(capsys.readouterr().out)
     assert result["labels"] == "the model's id2label"
     assert {t["name"] for t in result["files"][0]["pooled"]["top"]} <= set(names.values())
+
+
+def test_bench_and_merges_build_a_hf_folder_and_a_safetensors_student(tmp_path: Path) -> None:
+    """`fat bench student` / `fat merges --checkpoint` take the same sources as load_student."""
+    from pipeline.checkpoint import save_student
+    from pipeline.commands.bench import StudentChoice, build_model
+
+    folder, _ = hf_model(tmp_path, "bench")
+    model, config = build_model(StudentChoice(checkpoint=folder))
+    assert (config["size"], config["depth"], config["source"]) == ("custom", 2, "huggingface")
+    saved = tmp_path / "student.safetensors"
+    save_student(saved, model, {"norm_mean": -4.27, "norm_std": 4.57})
+    again, config_again = build_model(StudentChoice(checkpoint=saved))
+    assert config_again["layer_norm_eps"] == 1e-12 and again.layer_norm_eps == 1e-12
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
