@@ -162,7 +162,8 @@ class OnnxStudent:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise FatError("running an ONNX model needs onnxruntime: pip install 'faster-audio-transformers[onnx]'") from None
+            raise FatError("running an ONNX model needs onnxruntime: pip install -c configs/constraints.txt "
+                           "-e '.[onnx]' in the project") from None
         path = Path(path)
         if not path.is_file():
             raise FatError(f"{path}: no such ONNX file")

@@ -68,7 +68,8 @@ def save_onnx(model: ASTModel, config: dict[str, Any], r: RSpec, path: Path, opt
         import onnx
         import onnxscript  # noqa: F401 - torch.onnx's dynamo exporter needs it
     except ImportError:
-        raise StudentError("ONNX export needs onnx and onnxscript: pip install 'faster-audio-transformers[onnx]'") from None
+        raise StudentError("ONNX export needs onnx and onnxscript: pip install -c configs/constraints.txt "
+                           "-e '.[onnx]' in the project") from None
     info = describe(model, config, r)
     program = torch.onnx.export(export_program(model, r), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                 dynamo=True, optimize=optimize, verbose=False)
