@@ -107,13 +107,15 @@ def solve_bias(offsets: torch.Tensor, frequencies: np.ndarray, floor: float = FL
 
 
 @torch.no_grad()
-def calibrate_bias(model: nn.Module, features: torch.Tensor, frequencies: np.ndarray, floor: float = FLOOR) -> float:
+def calibrate_bias(model: nn.Module, features: torch.Tensor, frequencies: np.ndarray, floor: float = FLOOR,
+                   chunk: int = 8) -> float:
     """Move the head's bias so that the model's mean sigmoid over `features` (a batch of training clips) is each
-    class's frequency; returns the largest change (the common offset the random head had added)."""
+    class's frequency; returns the largest change (the common offset the random head had added). The model runs
+    `chunk` clips at a time (a base384's attention over 64 clips would not fit a GPU)."""
     linear = head_linear(model)
     was_training = model.training
     model.eval()
-    logits = model(features).double()
+    logits = torch.cat([model(part).double().cpu() for part in features.split(chunk)])
     model.train(was_training)
     bias = linear.bias.detach().double().cpu()
     offsets = logits.cpu() - bias  # what the weights add to each clip

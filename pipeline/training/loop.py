@@ -165,7 +165,6 @@ class Trainer:
             self.tome_r_layers = set_tome_r(model, parse_r_spec(cfg.tome_r))
         except StudentError as exc:
             raise FatError(f"student model: {exc}") from None
-        self.head_init = self.init_head(model)
         # The ImageNet heads are kept only so released checkpoints load strictly; they get no gradient.
         for name, parameter in model.named_parameters():
             if name.startswith(("v.head.", "v.head_dist.")):
@@ -173,6 +172,7 @@ class Trainer:
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
         self.model = model.to(self.context.device)
+        self.head_init = self.init_head(self.model)  # on the device: the calibration runs the model once
         self.ddp = self.model
         if self.context.distributed:
             device_ids = [self.context.device.index] if self.context.device.type == "cuda" else None
@@ -206,7 +206,7 @@ class Trainer:
 
             count = min(CALIBRATION_CLIPS, len(self.train_set))
             batch = collate_clips([self.train_set[i] for i in range(count)])
-            features = self.inputs.evaluation(batch).cpu()
+            features = self.inputs.evaluation(batch)
             summary["calibration_clips"] = count
             summary["calibration_shift"] = round(calibrate_bias(model, features, frequencies), 6)
         return {"init": "prior", "from_checkpoint": from_checkpoint, **summary}
