@@ -59,7 +59,8 @@ class TrainConfig:
     imagenet_weights: Path | None = option(
         None, "local timm DeiT-distilled state-dict file to start from (default: none)", group=MODEL)
     ast_checkpoint: Path | None = option(
-        None, "AST checkpoint to start from, e.g. a released AudioSet model (default: none)", group=MODEL)
+        None, "AST checkpoint to start from: a released AudioSet .pth, or a Hugging Face AST folder "
+              "(config.json + model.safetensors) (default: none)", group=MODEL)
     tome_r: str = option(
         "0", "tokens merged per block while training: 16, per layer 16 16 8 (or 16,16,8), or a schedule 16:-1; "
              "0 = plain AST", nargs="+", metavar="R", group=MODEL, resume=False)
@@ -191,7 +192,8 @@ class TrainConfig:
                 raise FatError(f"{path}: no such file (--{name})")
         for name in ("teacher", "imagenet_weights", "ast_checkpoint"):
             path = getattr(self, name)
-            if path is not None and not path.is_file() and (name != "teacher" or self.uses_teacher):
+            is_hf_folder = name == "ast_checkpoint" and path is not None and path.is_dir()
+            if path is not None and not path.is_file() and not is_hf_folder and (name != "teacher" or self.uses_teacher):
                 raise FatError(f"{path}: no such file (--{name.replace('_', '-')})")
 
     def check_settings(self) -> None:
