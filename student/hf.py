@@ -23,6 +23,7 @@ import torch
 
 from student.ast import CUSTOM_SIZE, MODEL_SIZES, NUM_PREFIX_TOKENS, PATCH, ASTModel, patch_grid
 from student.errors import StudentError
+from student.tensor_files import load_tensor_file
 
 MODEL_TYPE = "audio-spectrogram-transformer"
 ARCHITECTURE = "ASTForAudioClassification"
@@ -198,12 +199,7 @@ def read_hf_checkpoint(source: str | Path) -> HFCheckpoint:
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of model.safetensors / pytorch_model.bin (torch files with weights_only)."""
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensor_file(path)
     except Exception as exc:  # a truncated or foreign file: say which one
         raise StudentError(f"{path}: cannot read the weights ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):

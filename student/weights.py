@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from student import hf
 from student.ast import NUM_PREFIX_TOKENS, PATCH, ASTModel
 from student.errors import StudentError
+from student.tensor_files import load_tensor_file
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -36,12 +37,7 @@ def read_state_dict(source: str | Path | StateDict) -> dict[str, torch.Tensor]:
         if not path.is_file():
             raise StudentError(f"checkpoint not found: {path}")
         try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                state = load_file(str(path))
-            else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_tensor_file(path)
         except Exception as exc:  # a corrupt or foreign file: say which one
             raise StudentError(f"cannot read checkpoint {path}: {exc}") from exc
     for wrapper in ("model", "state_dict"):

@@ -16,3 +16,13 @@ def pytest_configure(config: pytest.Config) -> None:
     problem = installed_mismatch()
     if problem:
         pytest.exit(f"broken torch install: {problem}", returncode=4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def keep_torch_threads():
+    """Give each module back torch's thread count: an in-process `fat train --threads 1` sets it globally."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -22,13 +22,6 @@ TINY = dict(model_size="tiny224", fstride=16, tstride=16, target_frames=96, num_
             progress=False, dvclive=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     """Class frequencies far from one another and from one half: class 0 in most clips, class 4 in none."""

@@ -24,13 +24,6 @@ TINY = ["--model-size", "tiny224", "--fstride", "16", "--tstride", "16", "--targ
 NOISE = 0.8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     root = tmp_path_factory.mktemp("kd_demo")

@@ -24,14 +24,6 @@ TINY = ["--model-size", "tiny224", "--fstride", "16", "--tstride", "16", "--targ
         "--num-workers", "0", "--no-progress", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def keep_torch_threads():
-    """`--threads` sets this process's torch threads: put them back for the other test modules."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
