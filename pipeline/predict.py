@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # torch stays out of `fat predict --help`; the taggers import
     import torch
 
     from pipeline.clip_audio import ClipAudio
+    from pipeline.dataset import Features
     from pipeline.runtime import Precision
 
 log = logging.getLogger(__name__)
@@ -108,22 +109,28 @@ class StudentTagger:
     def logits(self, windows: np.ndarray) -> np.ndarray:
         import torch
 
-        from student.frontend import BatchFbank
-
-        f = self.features
-        # The feature module training and fat evaluate use (student.frontend), on the model's device.
-        frontend = BatchFbank(f.target_frames, f.num_mel_bins, f.mean, f.std).to(self.device)
-        waves = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
-        lengths = torch.full((waves.shape[0],), waves.shape[1], dtype=torch.int64)
-        with torch.inference_mode():
-            fbanks = frontend(waves, lengths, self.sample_rate)  # fp32, outside autocast
-            with self.precision.autocast():
-                return self.model(fbanks).float().cpu().numpy()
+        fbanks = student_fbanks(self.features, windows, self.sample_rate, self.device)  # fp32, outside autocast
+        with torch.inference_mode(), self.precision.autocast():
+            return self.model(fbanks).float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "student", "name": self.name, "checkpoint": str(self.path),
                 "label_csv_sha256": self.config.get("label_csv_sha256"), "trained_tome_r": self.config.get("tome_r"),
                 "tome_r": self.r}
+
+
+def student_fbanks(features: Features, windows: np.ndarray, sample_rate: int, device: torch.device) -> torch.Tensor:
+    """Normalised fbanks of equal-length windows, computed as training and fat evaluate compute them
+    (student.frontend), on `device`: one feature path for a torch student and an ONNX one."""
+    import torch
+
+    from student.frontend import BatchFbank
+
+    frontend = BatchFbank(features.target_frames, features.num_mel_bins, features.mean, features.std).to(device)
+    waves = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(device)
+    lengths = torch.full((waves.shape[0],), waves.shape[1], dtype=torch.int64)
+    with torch.inference_mode():
+        return frontend(waves, lengths, sample_rate)
 
 
 class OnnxTagger:
@@ -156,15 +163,7 @@ class OnnxTagger:
     def logits(self, windows: np.ndarray) -> np.ndarray:
         import torch
 
-        from student.frontend import BatchFbank
-
-        f = self.features
-        frontend = BatchFbank(f.target_frames, f.num_mel_bins, f.mean, f.std)
-        waves = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
-        lengths = torch.full((waves.shape[0],), waves.shape[1], dtype=torch.int64)
-        with torch.inference_mode():
-            fbanks = frontend(waves, lengths, self.sample_rate).numpy()
-        return self.runner.logits(fbanks)
+        return self.runner.logits(student_fbanks(self.features, windows, self.sample_rate, torch.device("cpu")).numpy())
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "onnx", "name": self.name, "file": str(self.path),
