@@ -290,6 +290,11 @@ def test_bad_url_template_is_refused(tmp_path: Path, template: str, message: str
 # ---------------------------------------------------------------------- interruption
 
 
+# A signalled run must exit without waiting for its stalled clips (--clip-timeout 30 s in _start); the
+# bound leaves room for a loaded 2-core CI machine, where stopping the workers took 3.4 s once.
+PROMPT_EXIT = 10.0
+
+
 def _start(root: Path, template: str, workers: int = 2, own_group: bool = False) -> subprocess.Popen:
     """`fat download` in a child process; with `own_group` it leads its own process group, as under `timeout`."""
     args = download_args(root, template, "--workers", str(workers), "--clip-timeout", "30")
@@ -400,7 +405,7 @@ def test_sigterm_then_sigkill_then_rerun_ends_complete(tmp_path: Path, media: di
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=20)
-        assert process.returncode == 128 + signal.SIGTERM and time.monotonic() - sent < 5, err
+        assert process.returncode == 128 + signal.SIGTERM and time.monotonic() - sent < PROMPT_EXIT, err
         assert "SIGTERM: stopped" in err
         _assert_consistent(tmp_path)
         summary = json.loads((tmp_path / "manifests" / "eval.download.json").read_text())
@@ -487,7 +492,7 @@ def _sigterm_the_group_mid_clips(root: Path, template: str, ids: list[str], hold
     took = time.monotonic() - sent
     assert process.returncode == 128 + signal.SIGTERM, err
     assert "worker-crash" not in (root / "manifests" / "eval.download.csv").read_text(), err
-    assert took < 3.0, f"exit took {took:.1f} s"
+    assert took < PROMPT_EXIT, f"exit took {took:.1f} s"
     summary = json.loads((root / "manifests" / "eval.download.json").read_text())
     assert summary["run"]["interrupted_by"] == "SIGTERM" and summary["run"]["finished"] == {}
     assert _wait_until_gone(groups, 3.0) == []
