@@ -36,10 +36,10 @@ from teacher.errors import TeacherError
 from teacher.model import (
     _BASE_BLOCKS,
     _BASE_HEAD_CHANNELS,
-    HEAD_TYPES,
     ConvNormAct,
     InvertedResidual,
     MNConfig,
+    check_backbone,
     check_mel_input,
     classifier_head,
     init_layers,
@@ -72,17 +72,12 @@ class DyMNConfig:
     temperature: float = 1.0  # softmax temperature of the kernel attention
 
     def check(self) -> None:
-        if self.head not in HEAD_TYPES:
-            raise TeacherError(f"unknown head type {self.head!r}; known: {', '.join(HEAD_TYPES)}")
-        if len(self.strides) != 4 or any(s not in (1, 2) for s in self.strides):
-            raise TeacherError(f"strides must be four values of 1 or 2, got {self.strides}")
-        if not self.width > 0:
-            raise TeacherError(f"width must be positive, got {self.width}")
+        check_backbone(self.head, self.strides, self.width, self.num_classes)
         if self.dynamic_blocks not in DYNAMIC_BLOCK_SETS:
             raise TeacherError(f"dynamic_blocks must be one of {', '.join(DYNAMIC_BLOCK_SETS)}; "
                                f"got {self.dynamic_blocks!r}")
-        if self.kernels < 1 or self.relu_pieces < 1 or self.num_classes < 1:
-            raise TeacherError("kernels, relu_pieces and num_classes must be at least 1")
+        if self.kernels < 1 or self.relu_pieces < 1:
+            raise TeacherError("kernels and relu_pieces must be at least 1")
         if not self.temperature > 0:
             raise TeacherError(f"temperature must be positive, got {self.temperature}")
 

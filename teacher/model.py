@@ -70,18 +70,23 @@ class MNConfig:
     extra: dict = field(default_factory=dict, compare=False)
 
     def check(self) -> None:
-        if self.head not in HEAD_TYPES:
-            raise TeacherError(f"unknown head type {self.head!r}; known: {', '.join(HEAD_TYPES)}")
-        if len(self.strides) != 4 or any(s not in (1, 2) for s in self.strides):
-            raise TeacherError(f"strides must be four values of 1 or 2, got {self.strides}")
-        if not self.width > 0:
-            raise TeacherError(f"width must be positive, got {self.width}")
+        check_backbone(self.head, self.strides, self.width, self.num_classes)
         if any(axis not in SE_AXES for axis in self.se_dims):
             raise TeacherError(f"se_dims must use only c, f, t; got {self.se_dims!r}")
         if self.se_agg not in ("max", "avg", "add", "min"):
             raise TeacherError(f"se_agg must be max, avg, add or min; got {self.se_agg!r}")
-        if self.num_classes < 1:
-            raise TeacherError(f"num_classes must be at least 1, got {self.num_classes}")
+
+
+def check_backbone(head: str, strides: Sequence[int], width: float, num_classes: int) -> None:
+    """The settings every EfficientAT family shares (mn and DyMN): head type, stage strides, width, classes."""
+    if head not in HEAD_TYPES:
+        raise TeacherError(f"unknown head type {head!r}; known: {', '.join(HEAD_TYPES)}")
+    if len(strides) != 4 or any(s not in (1, 2) for s in strides):
+        raise TeacherError(f"strides must be four values of 1 or 2, got {strides}")
+    if not width > 0:
+        raise TeacherError(f"width must be positive, got {width}")
+    if num_classes < 1:
+        raise TeacherError(f"num_classes must be at least 1, got {num_classes}")
 
 
 class ConvNormAct(nn.Sequential):
