@@ -80,6 +80,21 @@ def size_spec(size: str, embed_dim: int | None = None, depth: int | None = None,
     return SizeSpec(embed_dim, num_heads, depth, 14, "", ratio)
 
 
+def size_with_depth(size: str, depth: int = 0) -> dict[str, Any]:
+    """`create_ast` size arguments: a named size, or its width, heads and MLP at another depth (size "custom").
+
+    Why: a from-scratch AST on a few hundred clips fits better with fewer blocks, which also take
+    more optimiser steps in the same time (docs/benchmarks.md, the demo's student). 0 = the size's own depth.
+    """
+    spec = size_spec(size)
+    if depth < 0:
+        raise StudentError(f"depth must be ≥ 0 (0 = the size's own), got {depth}")
+    if depth in (0, spec.depth):
+        return {"size": size}
+    return {"size": CUSTOM_SIZE, "embed_dim": spec.embed_dim, "depth": depth, "num_heads": spec.num_heads,
+            "mlp_ratio": spec.mlp_ratio}
+
+
 def patch_grid(input_fdim: int, input_tdim: int, fstride: int, tstride: int) -> tuple[int, int]:
     """(f, t) patches of a 16×16 conv without padding over a (mel bins × frames) input."""
     for name, value in (("fstride", fstride), ("tstride", tstride)):

@@ -167,6 +167,7 @@ def test_single_label_cross_entropy_with_kd_reports_accuracy(tmp_path):
     (["--kd-lambda", "1", "--epochs", "2", "--wa-start", "3"], "after the last epoch"),
     (["--kd-lambda", "1", "--tome-r", "x"], "cannot read r"),
     (["--kd-lambda", "1", "--fstride", "20"], "fstride must be between 1 and 16"),
+    (["--kd-lambda", "1", "--depth", "2", "--imagenet-weights", __file__], "--depth 2 builds a new, shallower"),
 ])
 def test_bad_settings_fail_before_training(task, tmp_path, capsys, extra, message):
     args = ["train", "--train", str(task.train), "--valid", str(task.valid), "--out", str(tmp_path / "out"),
@@ -174,6 +175,25 @@ def test_bad_settings_fail_before_training(task, tmp_path, capsys, extra, messag
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "student.pt").exists()
+
+
+def test_depth_trains_a_shallower_backbone_that_every_reader_rebuilds(task, tmp_path, caplog):
+    """--depth 2: DeiT-Tiny's width at 2 blocks; the student file records it (size "custom"), so
+    load_student (and with it evaluate, predict, export) rebuilds the same model without the option."""
+    from pipeline.checkpoint import load_student
+    from student.ast import MODEL_SIZES, size_with_depth
+
+    assert size_with_depth("tiny224") == size_with_depth("tiny224", 12) == {"size": "tiny224"}
+    out = tmp_path / "shallow"
+    caplog.set_level("INFO")
+    assert main(base_args(task, out, "--depth", "2", "--kd-lambda", "1", "--epochs", "1", "--batch-size", "8", "--no-wa")) == 0
+    assert "training tiny224, 2 blocks" in caplog.text
+    model, config = load_student(out / "student.pt")
+    tiny = MODEL_SIZES["tiny224"]
+    assert len(model.v.blocks) == 2 and config["size"] == "custom"
+    assert (model.embed_dim, model.num_heads) == (tiny.embed_dim, tiny.num_heads)
+    fbank = torch.zeros(1, 96, 128)
+    assert model(fbank).shape == (1, task.train_targets.shape[1])
 
 
 def test_bad_datafile_and_audio_are_named(task, tmp_path, capsys):

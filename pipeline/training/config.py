@@ -51,6 +51,10 @@ class TrainConfig:
     # model
     model_size: str = option("base384", "DeiT backbone of the AST", choices=("tiny224", "small224", "base224", "base384"),
                              group=MODEL, resume=False)
+    depth: int = option(
+        0, "transformer blocks; 0 = the size's own (12). Fewer blocks give a shallower backbone of the same width "
+           "that trains from scratch (no --imagenet-weights / --ast-checkpoint): on small data, more optimiser "
+           "steps in the same time (the demo's student)", unit="blocks", minimum=0, group=MODEL, resume=False)
     fstride: int = option(10, "patch stride along frequency", unit="mel bins", group=MODEL, resume=False)
     tstride: int = option(10, "patch stride along time", unit="frames", group=MODEL, resume=False)
     target_frames: int = option(1024, "input length, padded or cut", unit="10 ms frames", minimum=1, group=MODEL,
@@ -217,6 +221,9 @@ class TrainConfig:
         if self.wa and self.wa_start > self.epochs:
             raise FatError(f"--wa-start {self.wa_start} is after the last epoch ({self.epochs}); "
                            "lower it or pass --no-wa")
+        if self.depth and (self.imagenet_weights is not None or self.ast_checkpoint is not None):
+            raise FatError(f"--depth {self.depth} builds a new, shallower backbone that starts from scratch: "
+                           "drop --imagenet-weights / --ast-checkpoint, or --depth 0 to keep the pretrained one")
         if not all(0.0 <= beta < 1.0 for beta in self.adam_betas):
             raise FatError("Adam betas must lie in [0, 1)")
 

@@ -152,16 +152,17 @@ class Trainer:
 
     def build_model(self) -> None:
         from student import create_ast
+        from student.ast import size_with_depth
         from student.errors import StudentError
         from student.tome import parse_r_spec, set_tome_r
 
         cfg = self.config
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
         try:
-            model = create_ast(cfg.model_size, self.label_set_size, input_fdim=cfg.num_mel_bins,
+            model = create_ast(num_classes=self.label_set_size, input_fdim=cfg.num_mel_bins,
                                input_tdim=cfg.target_frames, fstride=cfg.fstride, tstride=cfg.tstride,
                                imagenet_weights=cfg.imagenet_weights, ast_checkpoint=cfg.ast_checkpoint,
-                               drop_path_rate=cfg.drop_path)
+                               drop_path_rate=cfg.drop_path, **size_with_depth(cfg.model_size, cfg.depth))
             self.tome_r_layers = set_tome_r(model, parse_r_spec(cfg.tome_r))
         except StudentError as exc:
             raise FatError(f"student model: {exc}") from None
@@ -255,8 +256,8 @@ class Trainer:
             self.runlog.close()
             return RunResult("finished", len(self.history), self.final_metrics, cfg.out / MODEL_NAME, self.history)
         if self.context.is_main:
-            log.info("training %s (r=%s) on %s, %s, %d process(es); %d training / %d validation clips",
-                     cfg.model_size, cfg.tome_r, self.context.device, self.precision.name,
+            log.info("training %s, %d blocks (r=%s) on %s, %s, %d process(es); %d training / %d validation clips",
+                     cfg.model_size, self.model.depth, cfg.tome_r, self.context.device, self.precision.name,
                      self.context.world_size, len(self.train_clips), len(self.valid_clips))
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
