@@ -181,9 +181,13 @@ def test_depth_trains_a_shallower_backbone_that_every_reader_rebuilds(task, tmp_
     """--depth 2: DeiT-Tiny's width at 2 blocks; the student file records it (size "custom"), so
     load_student (and with it evaluate, predict, export) rebuilds the same model without the option."""
     from pipeline.checkpoint import load_student
+    from pipeline.training.config import TrainConfig
     from student.ast import MODEL_SIZES, size_with_depth
 
     assert size_with_depth("tiny224") == size_with_depth("tiny224", 12) == {"size": "tiny224"}
+    pretrained = TrainConfig(train=(task.train,), valid=task.valid, out=tmp_path / "x", model_size="tiny224",
+                             depth=12, imagenet_weights=Path(__file__), kd_lambda=1.0, wa=False)
+    pretrained.check_settings()  # the size's own depth is no change: a pretrained start stays allowed
     out = tmp_path / "shallow"
     caplog.set_level("INFO")
     assert main(base_args(task, out, "--depth", "2", "--kd-lambda", "1", "--epochs", "1", "--batch-size", "8", "--no-wa")) == 0

@@ -179,6 +179,13 @@ class TrainConfig:
         return not self.multi_label or self.main_metric == "accuracy"
 
     @property
+    def changes_depth(self) -> bool:
+        """--depth asks for another number of blocks than --model-size has (0 or the size's own: no change)."""
+        from student.ast import MODEL_SIZES  # deferred, as in __post_init__
+
+        return self.depth not in (0, MODEL_SIZES[self.model_size].depth)
+
+    @property
     def uses_teacher(self) -> bool:
         return self.kd_lambda < 1.0
 
@@ -221,7 +228,7 @@ class TrainConfig:
         if self.wa and self.wa_start > self.epochs:
             raise FatError(f"--wa-start {self.wa_start} is after the last epoch ({self.epochs}); "
                            "lower it or pass --no-wa")
-        if self.depth and (self.imagenet_weights is not None or self.ast_checkpoint is not None):
+        if self.changes_depth and (self.imagenet_weights is not None or self.ast_checkpoint is not None):
             raise FatError(f"--depth {self.depth} builds a new, shallower backbone that starts from scratch: "
                            "drop --imagenet-weights / --ast-checkpoint, or --depth 0 to keep the pretrained one")
         if not all(0.0 <= beta < 1.0 for beta in self.adam_betas):
