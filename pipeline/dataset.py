@@ -31,6 +31,7 @@ import torch.utils.data
 
 from pipeline.clip_audio import open_clip_audio
 from pipeline.core.errors import FatError
+from pipeline.core.workers import WorkerFatError
 from pipeline.datafile import ClipList, LabelSet
 from pipeline.store import LogitsStore
 from student import torchaudio_ops
@@ -157,7 +158,12 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index = key[0] if isinstance(key, tuple) else key
-        wave, rate = self.load_wave(index)
+        try:
+            wave, rate = self.load_wave(index)
+        except FatError as exc:
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            raise WorkerFatError.carrying(exc) from None  # the main process prints its one line, not a traceback
         return {
             "wave": wave.float(),
             "length": torch.tensor(wave.shape[0], dtype=torch.int64),

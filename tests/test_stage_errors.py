@@ -138,6 +138,28 @@ def test_an_unexpected_error_ends_the_stage_within_seconds(name: str, task: Task
     assert wait_group_gone(pgid), "worker processes outlived the stage"
 
 
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_a_corrupt_clip_read_in_a_worker_is_one_line_naming_it(stage: str, student: Path, tmp_path: Path) -> None:
+    """A clip that turns bad after the run started is read in a DataLoader worker: torch re-raises
+    the worker's error with its traceback inside the message; the user must see only the clip's line."""
+    task = make_task(tmp_path / "task", n_train=6, n_valid=4, num_classes=3, seed=3)
+    split, ids = (task.train, task.train_ids) if stage == "train" else (task.valid, task.valid_ids)
+    bad = ids[-1]
+    (split.parent / "audio" / split.stem / f"{bad}.wav").write_bytes(b"RIFF" + b"\x00 not audio" * 20)
+    case = Case(stage, fault="", role="worker", workers=2)
+    args = stage_args(case, task, student, tmp_path / "out")
+    if stage == "train":  # the prior head's calibration would read the clip in the main process first
+        args += ["--head-init", "default"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done, _, pgid = run_until_exit([sys.executable, "-m", "pipeline.cli", *args], env)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "DataLoader worker" not in done.stderr, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith(f"fat {stage}: error:")]
+    assert errors == [done.stderr.strip().splitlines()[-1]], done.stderr[-3000:]
+    assert f"clip {bad} of {split}" in errors[0] and f"{bad}.wav: not a decodable audio file" in errors[0]
+    assert wait_group_gone(pgid), "worker processes outlived the stage"
+
+
 def test_sigterm_to_the_whole_group_still_saves_the_training_state(task: Task, tmp_path: Path) -> None:
     """The workers ignore SIGTERM, so a signal to every process (a scheduler's) still ends in a saved state."""
     out = tmp_path / "run"

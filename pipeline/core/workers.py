@@ -7,6 +7,9 @@ multiprocessing ends leftover daemon children with SIGTERM and then waits for th
 normally stop when their DataLoader is collected, but the traceback of an error keeps the
 DataLoader alive past that wait, and the process hung for good. Code that starts such workers
 runs inside `killed_on_error()`, which SIGKILLs and reaps them before the error travels on.
+
+A FatError raised in a DataLoader worker (a clip that vanished or is corrupt mid-epoch) must still
+reach the user as its one line: `WorkerFatError` carries it across (see its docstring).
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ import threading
 from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
 
+from pipeline.core.errors import FatError
+
 JOIN_SECONDS = 10.0
+MESSAGE_START, MESSAGE_END = "\x02", "\x03"  # around a worker's message inside torch's traceback text
 
 
 def ignore_sigterm() -> None:
@@ -55,3 +61,26 @@ def kill(children: list[BaseProcess]) -> None:
     finally:
         if previous is not None:
             signal.signal(signal.SIGCHLD, previous)
+
+
+class WorkerFatError(FatError):
+    """A FatError raised in a DataLoader worker, re-raised in the main process as its own message only.
+
+    torch sends the main process the error's class and the worker's formatted traceback, and
+    rebuilds the error there by calling the class with "Caught … in DataLoader worker process N.
+    Original Traceback …" (some 20 lines). `carrying(error)` puts the worker's message between
+    two control characters; the constructor, called with torch's text, keeps what lies between
+    the last pair, so the CLI prints the one line that names the clip.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        start = message.rfind(MESSAGE_START)
+        end = message.find(MESSAGE_END, start + 1)
+        super().__init__(message[start + 1:end] if 0 <= start < end else message)
+
+    @classmethod
+    def carrying(cls, error: FatError) -> WorkerFatError:
+        """The error to raise in a worker (`raise WorkerFatError.carrying(exc) from None`) for `error`."""
+        carrier = cls()
+        carrier.args = (f"{MESSAGE_START}{error}{MESSAGE_END}",)  # marked as is: the constructor would unwrap it
+        return carrier
