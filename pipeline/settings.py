@@ -13,9 +13,11 @@ and nothing kept the copies equal. Here a field says it once:
 - the params.yaml keys of a stage are its field names (`params_keys`), so `option_table` can tell
   pipeline.dvcargs which of DVC's `--snake_case` tokens name an option;
 - `resume_invariant(Settings)`: the fields a resumed run may not change (`resume=False`);
-- `check_values(settings)`: `choices` and the `minimum=` / `above=` bounds, as one FatError naming
-  the option;
-- `renamed=("--amp",)`: an old spelling that now fails with one line naming the new option.
+- `check_values(settings)`: `choices` and the `minimum=` / `above=` / `maximum=` bounds, as one FatError
+  naming the option and the value;
+- `RENAMED_OPTIONS`: one table of former spellings (`--amp`, `--no-amp`, `--dtype`) for every command;
+  each fails with one line naming the option that replaced it, from the command line and from
+  params.yaml, in whichever command has that option.
 
 A plain dataclass field (no `option`) is not on the command line.
 """
@@ -47,6 +49,7 @@ class Spec:
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None  # the lowest value allowed
     above: float | None = None  # a bound the value must exceed (e.g. 0 for a time limit)
+    maximum: float | None = None  # the highest value allowed
     resume: bool = True  # False: a resumed run must keep the value it started with
     flag: str | None = None  # the option string; default "--" + the field name with hyphens
     nargs: int | str | None = None
@@ -55,7 +58,6 @@ class Spec:
     group: str | None = None  # help section
     parse: Callable[[str], Any] | None = None  # argparse `type`; default: from the annotation
     exclusive: str | None = None  # options sharing this name exclude each other
-    renamed: tuple[str, ...] = ()  # former spellings: each is a one-line error naming the new one
     nested: bool = False  # the field is a settings dataclass whose fields are options themselves
 
     def flag_of(self, name: str) -> str:
@@ -159,6 +161,57 @@ def help_text(opt: Option) -> str:
     return text.replace("%", "%%")
 
 
+@dataclass(frozen=True)
+class Renaming:
+    """Former spellings of an option, refused with one line that names the option replacing them."""
+
+    old: tuple[str, ...]  # every spelling, a --no-x form included
+    fields: tuple[str, ...]  # the replacing option's field: the first of these the command has
+    value: str | None = None  # the value that says what the old spelling said (--no-amp → fp32)
+
+
+# Every renamed option of every command, in one place: a command gets a row's error whenever it has
+# the row's field, so an old spelling is never a bare "unrecognized arguments" in one command and
+# a helpful error in the next. Test: tests/test_settings.py (every row, every command it applies to).
+RENAMED_OPTIONS: tuple[Renaming, ...] = (
+    Renaming(("--amp",), ("precision",)),
+    Renaming(("--no-amp",), ("precision",), value="fp32"),
+    Renaming(("--dtype",), ("store_dtype", "precision")),  # fat logits' store dtype; elsewhere the arithmetic
+)
+
+
+@dataclass(frozen=True)
+class RenamedOption:
+    """An old spelling as one command sees it: the option that replaced it, and the value to give."""
+
+    old: str
+    new: Option
+    value: str | None
+
+    @property
+    def advice(self) -> str:
+        """`--precision fp32`, or `--precision {auto,fp32,bf16,fp16}` when no one value replaces the old spelling."""
+        if self.value is not None:
+            return f"{self.new.flag} {self.value}"
+        choices = self.new.spec.choices
+        return self.new.flag + (f" {{{','.join(map(str, choices))}}}" if choices else "")
+
+
+def renamed_options(cls: type) -> dict[str, RenamedOption]:
+    """The former spellings that apply to the command whose settings are `cls` (old spelling → what replaced it)."""
+    fields = {opt.name: opt for opt in options(cls) if not opt.spec.positional}
+    flags = {opt.flag for opt in fields.values()} | {"--no-" + opt.flag[2:] for opt in fields.values() if opt.is_bool}
+    found: dict[str, RenamedOption] = {}
+    for row in RENAMED_OPTIONS:
+        new = next((fields[name] for name in row.fields if name in fields), None)
+        if new is None:
+            continue
+        for old in row.old:
+            if old not in flags:  # an option of the command keeps its own meaning
+                found[old] = RenamedOption(old, new, row.value)
+    return found
+
+
 class Renamed(argparse.Action):
     """A former spelling of an option: using it is a usage error that names the new spelling."""
 
@@ -208,10 +261,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> argparse.Argument
         if not opt.is_bool:
             kwargs.update(dest=opt.name, required=opt.required)
         container.add_argument(opt.flag, **kwargs)
-        for old in spec.renamed:
-            new = opt.flag + (f" {{{','.join(map(str, spec.choices))}}}" if spec.choices else "")
-            parser.add_argument(old, action=Renamed, dest=f"renamed_{old.lstrip('-').replace('-', '_')}",
-                                new=new, key=opt.name)
+    for old, renamed in renamed_options(cls).items():
+        parser.add_argument(old, action=Renamed, dest=f"renamed_{old.lstrip('-').replace('-', '_')}",
+                            new=renamed.advice, key=renamed.new.name)
     parser.set_defaults(settings_class=cls)
     return parser
 
@@ -232,8 +284,8 @@ def from_args(cls: type, args: argparse.Namespace) -> Any:
 
 
 def check_values(settings: Any) -> None:
-    """Refuse a value outside its field's `choices` or below its `minimum` / `above` (a FatError naming the option),
-    nested settings included: the same rules for a dataclass built in code as for the command line."""
+    """Refuse a value outside its field's `choices` or its `minimum` / `above` / `maximum` bounds (a FatError naming
+    the option and the value), nested settings included: the same rules for a dataclass built in code as for the command line."""
     for field in dataclasses.fields(settings):
         spec = field.metadata.get(METADATA_KEY)
         if spec is None:
@@ -250,6 +302,8 @@ def check_values(settings: Any) -> None:
                 raise FatError(f"{flag} must be ≥ {_number(spec.minimum)}, got {item}")
             if spec.above is not None and item is not None and not item > spec.above:
                 raise FatError(f"{flag} must be > {_number(spec.above)}, got {item}")
+            if spec.maximum is not None and item is not None and not item <= spec.maximum:
+                raise FatError(f"{flag} must be ≤ {_number(spec.maximum)}, got {item}")
 
 
 def _number(bound: float) -> str:
@@ -261,12 +315,11 @@ def option_table(cls: type) -> dict[str, Option]:
     the error that names the new one) → its option."""
     table: dict[str, Option] = {}
     for opt in options(cls):
-        if opt.spec.positional:
-            continue
-        table[opt.flag] = opt
-        for old in opt.spec.renamed:
-            table[old] = dataclasses.replace(opt, name=old.lstrip("-").replace("-", "_"),
-                                             spec=dataclasses.replace(opt.spec, flag=old, renamed=()))
+        if not opt.spec.positional:
+            table[opt.flag] = opt
+    for old, renamed in renamed_options(cls).items():
+        table[old] = dataclasses.replace(renamed.new, name=old.lstrip("-").replace("-", "_"),
+                                         spec=dataclasses.replace(renamed.new.spec, flag=old))
     return table
 
 
@@ -298,8 +351,8 @@ def device_option(group: str | None = None) -> Any:
     return option("auto", DEVICE_HELP, parse=device_name, metavar="{auto,cpu,cuda,cuda:N}", group=group)
 
 
-def precision_option(group: str | None = None, note: str = "", renamed: tuple[str, ...] = ()) -> Any:
-    return option("auto", PRECISION_HELP + note, choices=PRECISIONS, group=group, renamed=renamed)
+def precision_option(group: str | None = None, note: str = "") -> Any:
+    return option("auto", PRECISION_HELP + note, choices=PRECISIONS, group=group)
 
 
 def threads_option(group: str | None = None) -> Any:

@@ -20,7 +20,7 @@ from pipeline.cli import Parser, add_command, build_parser, main
 from pipeline.core.errors import FatError
 from pipeline.dvcargs import normalise_argv
 from pipeline.settings import (
-    check_values, from_args, nested, option, options, params_keys, resume_invariant,
+    RENAMED_OPTIONS, check_values, from_args, nested, option, options, params_keys, renamed_options, resume_invariant,
 )
 from pipeline.training.config import RESUME_INVARIANT, TrainConfig, saved_config
 from pipeline.training.state import check_compatible
@@ -74,6 +74,29 @@ def test_check_values_names_the_option_for_a_value_built_in_code() -> None:
         check_values(Toy(out=Path("x"), inner=Inner(rate=0)))
     with pytest.raises(FatError, match=r"--mode must be one of fast, slow, got 'medium'"):
         check_values(Toy(out=Path("x"), mode="medium"))
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--lr", "-0.001", "--lr must be > 0, got -0.001"),
+    ("--lr", "0", "--lr must be > 0, got 0.0"),
+    ("--kd-temperature", "-2", "--kd-temperature must be > 0, got -2.0"),
+    ("--norm-std", "0", "--norm-std must be > 0, got 0.0"),
+    ("--lr-decay-factor", "1.5", "--lr-decay-factor must be ≤ 1, got 1.5"),
+    ("--lr-decay-step", "0", "--lr-decay-step must be ≥ 1, got 0"),
+    ("--lr-decay-start", "-1", "--lr-decay-start must be ≥ 0, got -1"),
+])
+def test_a_bad_training_value_is_one_line_naming_its_option_and_value(option: str, value: str, message: str,
+                                                                      tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`--lr -0.001` used to be "--lr, --kd-temperature and --norm-std must be positive", without the value."""
+    for name in ("train.json", "valid.json", "class_labels_indices.csv"):
+        (tmp_path / name).write_text('{"data": []}')
+    argv = ["train", "--train", str(tmp_path / "train.json"), "--valid", str(tmp_path / "valid.json"),
+            "--out", str(tmp_path / "out"), "--kd-lambda", "1", option, value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"fat train: error: {message}\n"
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("params_file", PARAMS_FILES)
@@ -133,31 +156,88 @@ def test_resume_invariant_comes_from_the_fields_and_is_what_a_resume_checks() ->
         check_compatible(Path("state"), saved_config({**old, "beta1": 0.9}), saved, RESUME_INVARIANT)
 
 
-@pytest.mark.parametrize(("argv", "new"), [
-    (["train", "--train", "t", "--valid", "v", "--out", "o", "--amp", "bf16"], "--precision {auto,fp32,bf16,fp16}"),
-    (["logits", "--datafile", "d.json", "--amp"], "--precision {auto,fp32,bf16,fp16}"),
-    (["logits", "--datafile", "d.json", "--no-amp"], "--precision {auto,fp32,bf16,fp16}"),
-    (["logits", "--datafile", "d.json", "--dtype", "float32"], "--store-dtype {float16,float32}"),
-    (["bench", "student", "--dtype", "bf16"], "--precision {auto,fp32,bf16,fp16}"),
-    (["predict", "a.wav", "--amp"], "--precision {auto,fp32,bf16,fp16}"),
-])
-def test_a_renamed_option_is_one_line_naming_the_new_one(argv: list[str], new: str,
+def command_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every command line that has a settings class (`bench student` included) → its parser."""
+    found: dict[str, argparse.ArgumentParser] = {}
+
+    def walk(words: str, parser: argparse.ArgumentParser) -> None:
+        if parser.get_default("settings_class") is not None:
+            found[words] = parser
+        for word, sub in getattr(parser, "commands", {}).items():
+            walk(f"{words} {word}".strip(), sub)
+
+    walk("", build_parser())
+    return found
+
+
+def renamed_cases() -> list[tuple[str, str, str, str]]:
+    """(command words, old spelling, advice, params key): every row of RENAMED_OPTIONS in every command it reaches."""
+    cases = []
+    for words, parser in sorted(command_parsers().items()):
+        for old, renamed in renamed_options(parser.get_default("settings_class")).items():
+            cases.append((words, old, renamed.advice, renamed.new.name))
+    return cases
+
+
+RENAMED_CASES = renamed_cases()
+
+
+def test_every_row_of_the_renamed_table_reaches_a_command_and_every_command_with_its_option() -> None:
+    reached = {old for _, old, _, _ in RENAMED_CASES}
+    assert reached == {old for row in RENAMED_OPTIONS for old in row.old}
+    # the spellings users tried where only a bare "unrecognized arguments" came back
+    pairs = {(words, old) for words, old, _, _ in RENAMED_CASES}
+    assert {("train", "--no-amp"), ("evaluate", "--amp"), ("evaluate", "--no-amp"), ("evaluate", "--dtype"),
+            ("bench student", "--amp"), ("train", "--amp"), ("logits", "--amp"), ("logits", "--dtype")} <= pairs
+    for words, parser in command_parsers().items():  # every command with --precision knows all its old names
+        names = {opt.name for opt in options(parser.get_default("settings_class"))}
+        if "precision" in names:
+            assert {(words, "--amp"), (words, "--no-amp"), (words, "--dtype")} <= pairs, words
+
+
+@pytest.mark.parametrize(("words", "old", "advice", "key"), RENAMED_CASES,
+                         ids=[f"{words}:{old}" for words, old, _, _ in RENAMED_CASES])
+def test_a_renamed_option_is_one_line_naming_the_new_one(words: str, old: str, advice: str, key: str,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    old = next(token for token in argv if token in ("--amp", "--no-amp", "--dtype"))
-    assert err.count("\n") == 1 and f"{old} was renamed: use {new}" in err, err
+    """From the command line (with or without a value), and in DVC's spelling of a params.yaml key."""
+    for argv in ([*words.split(), old], [*words.split(), old, "fp16"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"fat {words}: error: {old} was renamed: use {advice} "
+                                                        f"(params.yaml key: {key})"), err
+    assert "--precision fp32" in advice if old == "--no-amp" else "{" in advice
 
 
-def test_an_old_params_key_reaches_the_same_error_through_dvc_spelling(capsys: pytest.CaptureFixture[str]) -> None:
-    parser = build_parser()
-    argv = normalise_argv(parser, ["logits", "--datafile", "d.json", "--dtype", "float16", "--no-amp"])
-    assert argv == ["logits", "--datafile", "d.json", "--dtype", "float16", "--no-amp"]
+@pytest.mark.parametrize(("section", "yaml_value", "message"), [
+    ("train", "{amp: false}", "--no-amp was renamed: use --precision fp32 (params.yaml key: precision)"),
+    ("train", "{amp: bf16}", "--amp was renamed: use --precision {auto,fp32,bf16,fp16} (params.yaml key: precision)"),
+    ("evaluate", "{amp: true}", "--amp was renamed: use --precision {auto,fp32,bf16,fp16}"),
+    ("evaluate", "{dtype: bf16}", "--dtype was renamed: use --precision {auto,fp32,bf16,fp16}"),
+    ("logits", "{dtype: float32}", "--dtype was renamed: use --store-dtype {float16,float32} (params.yaml key: store_dtype)"),
+])
+def test_an_old_params_key_reaches_the_same_error_through_dvc_spelling(section: str, yaml_value: str, message: str,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """DVC writes a params.yaml section as `--key value`, a false boolean as `--no-key`."""
+    argv = [SECTION_COMMAND[section], *dvc_tokens(yaml.safe_load(yaml_value))]
     with pytest.raises(SystemExit):
-        parser.parse_args(argv)
-    assert "(params.yaml key: store_dtype)" in capsys.readouterr().err
+        main(argv)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def dvc_tokens(section: dict) -> list[str]:
+    """A params.yaml section as dvc.yaml's `${section}` unpacks it (parsing.bool: boolean_optional)."""
+    tokens: list[str] = []
+    for key, value in section.items():
+        if isinstance(value, bool):
+            tokens.append(f"--{key}" if value else f"--no-{key}")
+        elif isinstance(value, list):
+            tokens += [f"--{key}", *map(str, value)]
+        else:
+            tokens += [f"--{key}", "None" if value is None else str(value)]
+    return tokens
 
 
 # --------------------------------------------------------------------------- one runtime module

@@ -40,7 +40,7 @@ class BenchSettings:
     rounds: int = option(3, "timed rounds (one batch per setting per round)", minimum=1)
     warmup: int = option(1, "untimed rounds first", minimum=0)
     device: str = device_option()
-    precision: str = precision_option(renamed=("--dtype",))
+    precision: str = precision_option()
     threads: int = threads_option()
     timm: bool = option(True, "time timm's plain forward too (--no-timm leaves its row out)")
     json: Path | None = option(None, "also write the rows to this JSON file (default: none)")

@@ -40,7 +40,7 @@ class PredictSettings:
     json: bool = option(False, "print one JSON document instead of text (default: text)")
     batch_size: int = option(8, "windows per forward pass", minimum=1)
     device: str = device_option()
-    precision: str = precision_option(renamed=("--amp", "--no-amp"))
+    precision: str = precision_option()
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

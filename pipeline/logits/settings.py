@@ -41,10 +41,10 @@ class LogitsSettings:
     clip_seconds: float = option(10.0, "every clip is zero-padded or cut to this length (10 s: as the teachers were "
                                        "trained)", unit="s", above=0)
     store_dtype: str = option("float16", "storage type of the logits in the store (float16: 2 bytes per value)",
-                              choices=STORE_DTYPES, renamed=("--dtype",))
+                              choices=STORE_DTYPES)
     device: str = device_option()
     precision: str = precision_option(
-        note="; the store records it, and rows of another precision are never reused", renamed=("--amp", "--no-amp"))
+        note="; the store records it, and rows of another precision are never reused")
     threads: int = threads_option()
     skip_undecodable: bool = option(
         False, "leave clips that cannot be decoded out and still mark the store complete; they are listed in "

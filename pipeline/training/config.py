@@ -80,7 +80,7 @@ class TrainConfig:
     norm_mean: float | None = option(
         None, "fbank mean, natural-log mel power (default: AudioSet's, student.features.NORM_STATS)",
         group=FEATURES, resume=False)
-    norm_std: float | None = option(None, "fbank std (default: AudioSet's, student.features.NORM_STATS)",
+    norm_std: float | None = option(None, "fbank std (default: AudioSet's, student.features.NORM_STATS)", above=0,
                                     group=FEATURES, resume=False)
     freqm: int = option(48, "SpecAugment max frequency-mask width; 0 = off", unit="mel bins", minimum=0,
                         group=FEATURES, resume=False)
@@ -98,19 +98,21 @@ class TrainConfig:
                          choices=("auto", "map", "accuracy"), group=OBJECTIVE)
     kd_lambda: float = option(0.1, "λ: weight of the label loss; 1 − λ weighs the KD loss (1 = no teacher)",
                               group=OBJECTIVE, resume=False)
-    kd_temperature: float = option(1.0, "KD temperature T (dividing teacher logits)", group=OBJECTIVE, resume=False)
+    kd_temperature: float = option(1.0, "KD temperature T (dividing teacher logits)", above=0, group=OBJECTIVE,
+                                   resume=False)
     # optimisation
     epochs: int = option(25, "training epochs (may grow on --resume)", minimum=1, group=OPTIM)
     batch_size: int = option(12, "clips per batch per process", unit="clips", minimum=1, group=OPTIM, resume=False)
-    lr: float = option(5e-5, "peak learning rate (Adam)", group=OPTIM, resume=False)
+    lr: float = option(5e-5, "peak learning rate (Adam)", above=0, group=OPTIM, resume=False)
     weight_decay: float = option(5e-7, "Adam L2 weight decay", minimum=0, group=OPTIM, resume=False)
     adam_betas: tuple[float, float] = option((0.95, 0.999), "Adam betas", nargs=2, metavar=("B1", "B2"), group=OPTIM,
                                              resume=False)
     warmup_steps: int = option(1000, "linear learning-rate warm-up; 0 = off", unit="optimiser steps", minimum=0,
                                group=OPTIM, resume=False)
-    lr_decay_start: int = option(10, "epochs before the first step decay", group=OPTIM, resume=False)
-    lr_decay_step: int = option(5, "epochs between step decays", group=OPTIM, resume=False)
-    lr_decay_factor: float = option(0.5, "learning-rate factor at each decay", group=OPTIM, resume=False)
+    lr_decay_start: int = option(10, "epochs before the first step decay", minimum=0, group=OPTIM, resume=False)
+    lr_decay_step: int = option(5, "epochs between step decays", minimum=1, group=OPTIM, resume=False)
+    lr_decay_factor: float = option(0.5, "learning-rate factor at each decay", above=0, maximum=1, group=OPTIM,
+                                    resume=False)
     wa: bool = option(True, "final model = mean of the weights after epochs --wa-start..--wa-end", group=OPTIM,
                       resume=False)
     wa_start: int = option(6, "first epoch in the weight average (1-based)", group=OPTIM, resume=False)
@@ -127,7 +129,7 @@ class TrainConfig:
     # runtime
     device: str = device_option(group=RUNTIME)
     precision: str = precision_option(
-        group=RUNTIME, note=" (fp16 training scales its gradients; losses are computed in fp32)", renamed=("--amp",))
+        group=RUNTIME, note=" (fp16 training scales its gradients; losses are computed in fp32)")
     num_workers: int = option(4, "DataLoader worker processes per process", minimum=0, group=RUNTIME)
     eval_batch_size: int = option(0, "validation batch (0 = 2 × --batch-size)", unit="clips", minimum=0,
                                   group=RUNTIME)
@@ -219,10 +221,6 @@ class TrainConfig:
             raise FatError(f"--label-noise is a fraction of the training clips and must lie in [0, 1], got {self.label_noise}")
         if not 0.0 <= self.mixup <= 1.0:
             raise FatError(f"--mixup is the fraction of mixed clips and must lie in [0, 1], got {self.mixup}")
-        if self.lr <= 0 or self.kd_temperature <= 0 or self.norm_std <= 0:
-            raise FatError("--lr, --kd-temperature and --norm-std must be positive")
-        if not 0.0 < self.lr_decay_factor <= 1.0 or self.lr_decay_step < 1 or self.lr_decay_start < 0:
-            raise FatError("the step decay needs --lr-decay-start ≥ 0, --lr-decay-step ≥ 1 and 0 < --lr-decay-factor ≤ 1")
         if self.wa and not 1 <= self.wa_start <= self.wa_end:
             raise FatError(f"weight averaging needs 1 ≤ --wa-start ≤ --wa-end, got {self.wa_start}..{self.wa_end}")
         if self.wa and self.wa_start > self.epochs:
@@ -232,7 +230,7 @@ class TrainConfig:
             raise FatError(f"--depth {self.depth} builds a new, shallower backbone that starts from scratch: "
                            "drop --imagenet-weights / --ast-checkpoint, or --depth 0 to keep the pretrained one")
         if not all(0.0 <= beta < 1.0 for beta in self.adam_betas):
-            raise FatError("Adam betas must lie in [0, 1)")
+            raise FatError(f"--adam-betas must lie in [0, 1), got {' '.join(map(str, self.adam_betas))}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (for checkpoints loaded with weights_only=True, and for logs)."""
