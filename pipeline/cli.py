@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from pipeline import __version__
 from pipeline.core.errors import FatError
-from pipeline.dvcargs import normalise_argv
+from pipeline.dvcargs import normalise_argv, one_value_given_many
 from pipeline.settings import add_options
 
 # Stage order = pipeline order; `fat --help` lists them in this order.
@@ -60,11 +60,13 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.commands: dict[str, argparse.ArgumentParser] = {}  # command word → its parser
+        self.command_dest = "command"  # where the parsed namespace names the chosen word
 
     def add_subparsers(self, **kwargs: Any) -> argparse._SubParsersAction:
         """argparse's, and `commands` becomes its map of command word → sub-parser (filled as commands are added)."""
         action = super().add_subparsers(**kwargs)
         self.commands = action.choices
+        self.command_dest = kwargs.get("dest", self.command_dest)
         return action
 
     def error(self, message: str) -> NoReturn:
@@ -75,12 +77,16 @@ class Parser(argparse.ArgumentParser):
         """argparse's, except that an unknown option is reported by the command it was given to."""
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
-            self.command_parser(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+            argv = sys.argv[1:] if args is None else args
+            self.command_parser(parsed).error(one_value_given_many(self, argv, extras)
+                                              or f"unrecognized arguments: {' '.join(extras)}")
         return parsed
 
     def command_parser(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
-        """The sub-parser of the command `parsed` names (this parser when it names none)."""
-        return self.commands.get(getattr(parsed, "command", None), self)
+        """The sub-parser of the command `parsed` names, down to an action such as `fat logits import`
+        (this parser when it names none)."""
+        chosen = self.commands.get(getattr(parsed, self.command_dest, None))
+        return chosen.command_parser(parsed) if isinstance(chosen, Parser) else self
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,11 +12,16 @@ spelling onto the options, from the settings' own field list, before argparse se
 - `--key None` (a YAML null) → dropped: the option keeps its default.
 Tokens that do not name an option of the command are left alone, so ids that start with `-`
 and anything argparse would reject are unaffected.
+
+A list in params.yaml where one value belongs (`train.lr: [0.001, 0.002]`) reaches argparse as
+`--lr 0.001 0.002`, which it reports as "unrecognized arguments: 0.002"; `one_value_given_many`
+turns that into a message naming the option and its params.yaml key.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Mapping, Sequence
 
 from pipeline.settings import Option, option_table
@@ -28,7 +33,11 @@ def _command(commands: Mapping[str, argparse.ArgumentParser], argv: Sequence[str
         if token == "--":
             return None
         if token in commands:
-            settings = commands[token].get_default("settings_class")
+            parser = commands[token]
+            actions = getattr(parser, "commands", {})  # `fat logits import`, `fat bench student`: its own options
+            if position + 1 < len(argv) and argv[position + 1] in actions:
+                position, parser = position + 1, actions[argv[position + 1]]
+            settings = parser.get_default("settings_class")
             return position, option_table(settings) if settings is not None else {}
     return None
 
@@ -77,3 +86,44 @@ def normalise_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list
                 continue  # `no_x: false` for a lone --no-x flag: the flag is simply not given
         out.append(token)
     return out
+
+
+NEGATIVE_NUMBER = re.compile(r"-\d+(\.\d*)?([eE][-+]?\d+)?$|-\.\d+([eE][-+]?\d+)?$")
+
+
+def _is_value(token: str) -> bool:
+    """A token argparse reads as a value, not as an option (negative numbers included)."""
+    return not token.startswith("-") or bool(NEGATIVE_NUMBER.match(token))
+
+
+def _takes_one_token(opt: Option) -> bool:
+    """True for an option that reads exactly one value (not a switch, not a list)."""
+    if opt.is_bool or opt.spec.nargs is not None:
+        return False
+    return not opt.many or opt.spec.parse is not None  # a `parse` function reads a whole list from one token
+
+
+def one_value_given_many(parser: argparse.ArgumentParser, argv: Sequence[str], extras: Sequence[str]) -> str | None:
+    """The error for a one-value option followed by several values that argparse left over (`extras`), naming the
+    option, the values and the params.yaml key; None when the leftovers are something else."""
+    found = _command(getattr(parser, "commands", {}), argv)
+    if found is None:
+        return None
+    position, table = found
+    tokens = list(argv[position + 1:])
+    left_over = set(extras)
+    for i, token in enumerate(tokens):
+        if token == "--":
+            break
+        opt = table.get(token)
+        if opt is None or not _takes_one_token(opt):
+            continue
+        values = []
+        for value in tokens[i + 1:]:
+            if not _is_value(value):
+                break
+            values.append(value)
+        if len(values) > 1 and values[1] in left_over:
+            return (f"{opt.flag} takes one value, got {len(values)}: {' '.join(values)} "
+                    f"(params.yaml key {opt.name}: give one value, not a list)")
+    return None

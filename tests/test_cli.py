@@ -40,6 +40,28 @@ def test_a_bad_value_is_the_only_line_printed(argv: list[str], expected: str, ca
     assert err.count("\n") == 1 and err.startswith(expected), err
 
 
+@pytest.mark.parametrize(("section", "message"), [
+    ({"lr": [0.001, 0.002]}, "--lr takes one value, got 2: 0.001 0.002 (params.yaml key lr: give one value, not a list)"),
+    ({"lr_decay_factor": [0.5, 0.25, 0.1]}, "--lr-decay-factor takes one value, got 3: 0.5 0.25 0.1 "
+                                            "(params.yaml key lr_decay_factor: give one value, not a list)"),
+    ({"kd_temperature": [-1, -2]}, "--kd-temperature takes one value, got 2: -1 -2"),
+    ({"out": ["a", "b"]}, "--out takes one value, got 2: a b (params.yaml key out: give one value, not a list)"),
+])
+def test_a_list_where_one_value_belongs_names_the_option_and_its_key(section: dict, message: str,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """DVC spreads a params.yaml list as `--lr 0.001 0.002`: argparse alone said "unrecognized arguments: 0.002"."""
+    tokens = [token for key, value in section.items() for token in (f"--{key}", *map(str, value))]
+    argv = ["train", "--train", "t.json", "--valid", "v.json", "--out", "o", *tokens]
+    err = usage_error(argv, capsys)
+    assert err.count("\n") == 1 and err.startswith(f"fat train: error: {message}"), err
+
+
+def test_leftovers_that_are_not_a_list_are_still_unrecognized(capsys: pytest.CaptureFixture[str]) -> None:
+    err = usage_error(["train", "--train", "t.json", "--valid", "v.json", "--out", "o", "--lr", "0.1", "--wa", "x"],
+                      capsys)
+    assert err.startswith("fat train: error: unrecognized arguments: x"), err
+
+
 def help_text(*argv: str) -> str:
     """The help of `fat ARGV --help`, whitespace collapsed (argparse wraps at any space)."""
     parser = build_parser()
