@@ -46,6 +46,7 @@ class Clip:
     retry_after: str = "1"
     keep_fraction: float = 0.4
     requests: int = 0
+    gate: threading.Event | None = None  # when given, every answer waits until it is set (a test orders events)
 
 
 @dataclass
@@ -142,6 +143,8 @@ class _Handler(BaseHTTPRequestHandler):
         with state._lock:
             clip.requests += 1
             first = clip.requests == 1
+        if clip.gate is not None:
+            clip.gate.wait(60.0)
         behaviour = clip.behaviour
         if behaviour == RATE_LIMIT_ONCE:
             behaviour = RATE_LIMIT_ALWAYS if first else SERVE

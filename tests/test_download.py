@@ -14,7 +14,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from multiprocessing.connection import wait
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +185,62 @@ def test_persistent_rate_limit_gives_up_and_leaves_the_rest_pending(tmp_path: Pa
     assert (row["status"], row["reason"], row["attempts"]) == ("rate-limited", "http-429", 3)
     summary = json.loads((tmp_path / "manifests" / "eval.download.json").read_text())
     assert summary["status"]["pending"] == 2 and "3 times in a row" in summary["run"]["gave_up"]
+
+
+def test_a_429_that_already_arrived_pauses_the_next_start(tmp_path: Path, media: dict[str, Path]) -> None:
+    """A rate limit that came back while the runner was busy is read before any clip starts.
+
+    One worker finishes and is idle; the other's 429 arrives (unread) meanwhile. The next dispatch
+    must read it and pause: it used to start the next clip on the idle worker first.
+    """
+    from pipeline.download.runner import Clip, DispatchLoop, DownloadConfig, RunStats
+    from pipeline.download.settings import DownloadSettings
+    from pipeline.download.status import StatusStore
+
+    gate = threading.Event()
+    with ms.MediaServer() as server:
+        server.add("served00001", media["webm"])
+        server.add("limited0001", media["webm"], ms.RATE_LIMIT_ALWAYS, retry_after="30", gate=gate)
+        server.add("waiting0001", media["webm"])
+        settings = DownloadSettings(split="eval", out_dir=tmp_path / "audio", manifest_dir=tmp_path / "manifests",
+                                    workers=2, backoff_base=0.05, max_backoff=60.0, progress=False)
+        settings.audio_dir.mkdir(parents=True)
+        fetch = FetchOptions(socket_timeout=30)
+        clips = [Clip("served00001", 0.0, 5.0), Clip("limited0001", 0.0, 5.0), Clip("waiting0001", 0.0, 5.0)]
+        config = DownloadConfig(settings, clips, server.clip_template, fetch)
+        pool = KillablePool(2, fetch, tmp_path / "workers.lock", 60.0)
+        try:
+            with StatusStore(settings.store_path) as store:
+                loop = DispatchLoop(config, store, clips, RunStats(), pool, tqdm_off())
+                deadline = time.monotonic() + 60
+                while len(pool.idle()) < 2 and time.monotonic() < deadline:
+                    pool.poll(0.1)
+                loop.dispatch()  # served00001 and limited0001 start; limited0001's answer waits at the gate
+                assert sorted(task.ytid for task in (w.task for w in pool.busy())) == ["limited0001", "served00001"]
+                while status_of(store, "served00001") is None and time.monotonic() < deadline:
+                    loop.wait()
+                assert status_of(store, "served00001") == "ok" and len(pool.idle()) == 1
+                gate.set()  # the 429 goes out; wait until the worker's result is in its pipe, unread
+                limited = next(w for w in pool.busy() if w.task.ytid == "limited0001")
+                assert wait([limited.conn], timeout=60), "the rate-limited worker never reported"
+                loop.dispatch()
+                assert server.requests_for("waiting0001") == 0 and pool.busy() == []
+                assert loop.backoff.paused(time.monotonic()) and [c.ytid for c in loop.queue] == [
+                    "limited0001", "waiting0001"]
+                assert status_of(store, "limited0001") == "rate-limited"
+        finally:
+            pool.close()
+
+
+def tqdm_off():  # noqa: ANN201 - a disabled tqdm bar, as `fat download --no-progress` has
+    from tqdm import tqdm
+
+    return tqdm(disable=True)
+
+
+def status_of(store, ytid: str) -> str | None:  # noqa: ANN001 - a StatusStore
+    row = store.get(ytid)
+    return None if row is None else row.status
 
 
 # ---------------------------------------------------------------------- resume

@@ -216,60 +216,96 @@ class _StopFlag:
         self.signal_name = signal.Signals(signum).name
 
 
+class DispatchLoop:
+    """What is queued and in flight, the global back-off, and what each result does to them.
+
+    Results are always read before clips are started: a result that came back while the runner
+    was busy (recording another clip, say) may be a 429, and a clip started before reading it
+    would reach the rate-limited source before the pause.
+    """
+
+    def __init__(self, config: DownloadConfig, store: StatusStore, todo: list[Clip], stats: RunStats,
+                 pool: KillablePool, bar) -> None:  # noqa: ANN001 - a tqdm bar (tqdm is imported by _drive)
+        self.config, self.store, self.stats, self.pool, self.bar = config, store, stats, pool, bar
+        self.queue: deque[Clip] = deque(todo)
+        self.clips = {clip.ytid: clip for clip in todo}
+        self.run_attempts: Counter = Counter()
+        settings = config.settings
+        self.backoff = GlobalBackoff(settings.backoff_base, settings.max_backoff, settings.max_retries)
+        self.next_start = 0.0
+
+    @property
+    def running(self) -> bool:
+        return bool(self.queue or self.pool.busy())
+
+    def dispatch(self) -> None:
+        """Start queued clips on idle workers while the back-off and --sleep-between allow it,
+        reading the results that already arrived before each start."""
+        while self.queue:
+            self.settle(self.pool.poll(0.0))
+            now = time.monotonic()
+            idle = self.pool.idle()
+            if not self.queue or not idle or self.backoff.paused(now) or now < self.next_start:
+                return
+            clip = self.queue.popleft()
+            self.run_attempts[clip.ytid] += 1
+            self.stats.attempted += 1
+            settings = self.config.settings
+            self.pool.submit(idle[0], ClipTask(clip.ytid, clip.start, clip.end,
+                                               clip_url(self.config.url_template, clip.ytid),
+                                               str(settings.audio_dir), settings.sample_rate))
+            self.next_start = now + settings.sleep_between
+
+    def wait(self) -> None:
+        """Wait for results until a deadline, the end of a pause or the next allowed start (≤ 0.2 s), and record them."""
+        self.settle(self.pool.poll(_poll_timeout(self.pool, self.queue, self.backoff, self.next_start)))
+
+    def settle(self, events: list) -> None:
+        """Record each result; a rate limit pauses every worker and puts its clip back at the front."""
+        settings = self.config.settings
+        for event in events:
+            clip = self.clips[event.task.ytid]
+            result = _result_of(event)
+            self.stats.cpu_workers += result.cpu_self
+            self.stats.cpu_ffmpeg += result.cpu_children
+            self.stats.download_bytes += result.download_bytes
+            if event.kind != "done":
+                _remove_clip_temp(settings.audio_dir, clip.ytid)
+            final = True
+            if result.status == RATE_LIMITED:
+                pause = self.backoff.hit(time.monotonic(), result.retry_after)
+                if self.run_attempts[clip.ytid] <= settings.max_retries and not self.backoff.gave_up:
+                    self.queue.appendleft(clip)
+                    final = False
+                    log.info("%s: rate limited (%s); all workers pause %.1f s", clip.ytid, result.reason, pause)
+            elif result.status == OK:
+                self.backoff.success()
+            _record(self.store, clip, result)
+            if final:
+                self.stats.outcomes[(result.status, result.reason)] += 1
+                self.bar.update(1)
+                self.bar.set_postfix(_postfix(self.stats), refresh=False)
+        if self.backoff.gave_up and not self.stats.gave_up:
+            self.stats.gave_up = self.backoff.gave_up_reason
+            log.warning("stopping: %s; %d clip(s) left for a later run (try --cookies, --proxy, "
+                        "--sleep-between)", self.backoff.gave_up_reason, len(self.queue))
+            self.queue.clear()
+
+
 def _drive(config: DownloadConfig, store: StatusStore, todo: list[Clip], stats: RunStats, workers_lock: Path) -> None:
     from tqdm import tqdm
 
     stop = _StopFlag()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    queue: deque[Clip] = deque(todo)
-    clips = {clip.ytid: clip for clip in todo}
-    run_attempts: Counter = Counter()
-    backoff = GlobalBackoff(config.settings.backoff_base, config.settings.max_backoff, config.settings.max_retries)
-    next_start = 0.0
     bar = tqdm(total=len(todo), unit="clip", desc=f"download {config.settings.split}", dynamic_ncols=True,
                disable=(None if config.settings.progress is None else not config.settings.progress), smoothing=0.05)
     pool = KillablePool(min(config.settings.workers, len(todo)), config.fetch, workers_lock, config.settings.clip_timeout,
                         stopping=lambda: bool(stop.signal_name))
+    loop = DispatchLoop(config, store, todo, stats, pool, bar)
     try:
-        while (queue or pool.busy()) and not stop.signal_name:
-            now = time.monotonic()
-            if backoff.gave_up and not stats.gave_up:
-                stats.gave_up = backoff.gave_up_reason
-                log.warning("stopping: %s; %d clip(s) left for a later run (try --cookies, --proxy, "
-                            "--sleep-between)", backoff.gave_up_reason, len(queue))
-                queue.clear()
-            while queue and not backoff.paused(now) and now >= next_start:
-                idle = pool.idle()
-                if not idle:
-                    break
-                clip = queue.popleft()
-                run_attempts[clip.ytid] += 1
-                stats.attempted += 1
-                pool.submit(idle[0], ClipTask(clip.ytid, clip.start, clip.end, clip_url(config.url_template, clip.ytid),
-                                              str(config.settings.audio_dir), config.settings.sample_rate))
-                next_start = now + config.settings.sleep_between
-            for event in pool.poll(_poll_timeout(pool, queue, backoff, next_start)):
-                clip = clips[event.task.ytid]
-                result = _result_of(event)
-                stats.cpu_workers += result.cpu_self
-                stats.cpu_ffmpeg += result.cpu_children
-                stats.download_bytes += result.download_bytes
-                if event.kind != "done":
-                    _remove_clip_temp(config.settings.audio_dir, clip.ytid)
-                final = True
-                if result.status == RATE_LIMITED:
-                    pause = backoff.hit(time.monotonic(), result.retry_after)
-                    if run_attempts[clip.ytid] <= config.settings.max_retries and not backoff.gave_up:
-                        queue.appendleft(clip)
-                        final = False
-                        log.info("%s: rate limited (%s); all workers pause %.1f s", clip.ytid, result.reason, pause)
-                elif result.status == OK:
-                    backoff.success()
-                _record(store, clip, result)
-                if final:
-                    stats.outcomes[(result.status, result.reason)] += 1
-                    bar.update(1)
-                    bar.set_postfix(_postfix(stats), refresh=False)
+        while loop.running and not stop.signal_name:
+            loop.dispatch()
+            loop.wait()
         if stop.signal_name:
             stats.interrupted_by = stop.signal_name
             for task in pool.kill_busy():
