@@ -141,6 +141,32 @@ def test_new_clips_are_added_to_an_existing_store(corpus, reference, tmp_path, c
     np.testing.assert_allclose(values, np.stack([expected[i] for i in ids]), rtol=1e-5, atol=1e-6)
 
 
+def test_computed_and_oracle_stores_carry_row_checksums_and_an_old_store_gains_them_on_rerun(
+        corpus, reference, tmp_path, capsys, caplog):
+    import h5py
+
+    from pipeline.store import CHECKSUMS
+
+    oracle = tmp_path / "oracle.h5"
+    assert main(["logits", "--oracle-from-labels", "--datafile", str(corpus["eval"]), "--out", str(oracle)]) == 0
+    for path in (reference, oracle):
+        store = LogitsStore(path)
+        assert store.has_checksums and store.attrs["checksum"].startswith("crc32") and store.damaged_rows().size == 0
+    # a store from before checksums: the same command reassembles it from its own rows, nothing recomputed
+    old = tmp_path / "old.h5"
+    shutil.copy(reference, old)
+    with h5py.File(old, "r+") as handle:
+        del handle[CHECKSUMS]
+    capsys.readouterr()
+    caplog.set_level("WARNING")
+    assert main(logits_args([corpus["train"], corpus["eval"]], old)) == 0
+    assert "0 clips computed, 12 reused" in capsys.readouterr().out
+    assert sum("no row checksums" in r.getMessage() for r in caplog.records) == 1
+    assert LogitsStore(old).has_checksums
+    assert read_store(old)[0] == read_store(reference)[0]
+    np.testing.assert_array_equal(read_store(old)[1], read_store(reference)[1])
+
+
 def test_float16_storage_and_bfloat16_autocast_on_cpu(corpus, reference, tmp_path):
     out = tmp_path / "half.h5"
     args = logits_args([corpus["eval"]], out, "--precision", "bf16")
@@ -234,6 +260,7 @@ def test_ensemble_is_the_mean_of_its_members_with_their_provenance(corpus, tmp_p
     members = json.loads(attrs["members"])
     assert [m["name"] for m in members] == ["mn01_as", "mn02_as"] and all(m["random_init"] for m in members)
     assert attrs["teacher"] == "ensemble(mn01_as,mn02_as)"
+    assert LogitsStore(out).has_checksums and LogitsStore(out).damaged_rows().size == 0
 
 
 def test_a_store_of_another_teacher_is_not_overwritten_silently(corpus, reference, tmp_path, capsys):
@@ -290,5 +317,6 @@ def test_two_gloo_ranks_under_torchrun_write_the_same_store_as_one_process(corpu
     sharded_ids, sharded_values, attrs = read_store(sharded)
     single_ids, single_values, _ = read_store(reference)
     assert sharded_ids == single_ids and attrs["complete"]
+    assert LogitsStore(sharded).has_checksums and LogitsStore(sharded).damaged_rows().size == 0
     np.testing.assert_allclose(sharded_values, single_values, rtol=1e-5, atol=1e-6)
     assert not (tmp_path / "sharded.h5.partial").exists()

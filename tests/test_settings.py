@@ -119,16 +119,19 @@ def test_every_command_builds_its_settings_from_its_own_defaults() -> None:
     required = {"download": ["--split", "eval"], "validate": ["--split", "eval"], "train": ["--train", "t.json",
                 "--valid", "v.json", "--out", "o"], "logits": ["--datafile", "d.json"],
                 "evaluate": ["--checkpoint", "s.pt", "--datafile", "d.json"], "prepare": ["folder", "--root", "r"],
-                "predict": ["a.wav"], "stats": ["d.json"], "merges": ["a.wav"], "pack": ["--datafile", "d.json"]}
+                "predict": ["a.wav"], "stats": ["d.json"], "merges": ["a.wav"], "pack": ["--datafile", "d.json"],
+                "logits import": ["--logits", "p.npy", "--ids", "i.txt", "--datafile", "d.json", "--teacher", "t"],
+                "logits verify": ["s.h5"]}
     parser = build_parser()
     checked = 0
-    for name, sub in parser.commands.items():
+    variants = [(name, sub) for name, sub in parser.commands.items()]
+    variants += [(f"{name} {nested_name}", nested_parser) for name, sub in parser.commands.items()
+                 for nested_name, nested_parser in getattr(sub, "commands", {}).items()]  # fat bench student
+    for name, sub in variants:
         settings = sub.get_default("settings_class")
-        for nested_name, nested_parser in getattr(sub, "commands", {}).items():  # fat bench student
-            settings, name = nested_parser.get_default("settings_class"), f"{name} {nested_name}"
         if settings is None:
             continue
-        given = required.get(name.split()[0], [])
+        given = required.get(name, required.get(name.split()[0], []))
         args = parser.parse_args([*name.split(), *given])
         built = from_args(settings, args)
         for opt in options(settings):

@@ -1,4 +1,5 @@
-"""The teacher logits store: HDF5 round trip, id lookup, incomplete stores, workers, the work log."""
+"""The teacher logits store: HDF5 round trip, id lookup, incomplete stores, workers, the work log, row
+checksums (a damaged row stops its reader and `fat train`; `fat logits verify`)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.cli import main
 from pipeline.core.errors import FatError
 from pipeline.core.id_index import IdIndex
 from pipeline.logits.worklog import LogRecord, WorkLog
-from pipeline.store import LogitsStore, write_store
+from pipeline.store import CHECKSUMS, LogitsStore, write_store
+from pipeline.training.loop import LEGACY_MODEL_NAME, MODEL_NAME
+from tests.train_fixtures import make_task, oracle_logits
+from tests.train_fixtures import write_store as write_task_store
 
 ATTRS = {"teacher": "mn04_as", "checkpoint_sha256": "ab" * 32, "random_init": False, "sample_rate": 32000,
          "frontend": "{}", "label_csv_sha256": "cd" * 32, "fat_version": "test", "created": "now"}
@@ -174,3 +179,97 @@ def test_work_log_stops_at_a_corrupted_record(tmp_path):
     data[-3] ^= 0xFF  # flip a byte inside the last payload: its CRC no longer matches
     log.path.write_bytes(bytes(data))
     assert [r.batch for r in log.records()] == [0, 1]
+
+
+def zero_row(path, row):
+    """Damage as the issue found it: one row of an otherwise intact store set to zeros."""
+    with h5py.File(path, "r+") as handle:
+        handle["logits"][row] = 0
+
+
+def drop_checksums(path):
+    """A store as written before row checksums existed."""
+    with h5py.File(path, "r+") as handle:
+        del handle[CHECKSUMS]
+        del handle.attrs["checksum"]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_a_damaged_row_stops_its_reader_with_one_line_naming_the_store_and_rows(sample, dtype):
+    path, ids, logits = sample
+    make_store(path, ids, logits, dtype=dtype)
+    zero_row(path, 7)
+    with h5py.File(path, "r+") as handle:  # one value nudged by one unit in the last place
+        value = handle["logits"][12, 3]
+        handle["logits"][12, 3] = np.nextafter(value, value + 1)
+    store = LogitsStore(path)
+    intact, present = store.fetch(ids[:7])  # rows that are whole still read
+    assert present.all() and np.allclose(intact, logits[:7], rtol=1e-3, atol=1e-2)
+    for query in ([ids[7]], ids):
+        with pytest.raises(FatError) as raised:
+            store.fetch(query)
+        message = str(raised.value)
+        assert str(path) in message and "\n" not in message
+        assert "rows 7 (clip0002)" in message and ("12 (clip0007)" in message) == (len(query) > 1)
+    assert store.damaged_rows(block=4).tolist() == [7, 12]
+
+
+def test_a_row_that_moved_to_another_id_fails_its_checksum(sample):
+    path, ids, logits = sample
+    make_store(path, ids, logits)
+    with h5py.File(path, "r+") as handle:
+        handle["ids"][3] = "not-the-id"
+    store = LogitsStore(path)
+    with pytest.raises(FatError, match=r"rows 3 \(not-the-id\)"):
+        store.fetch(["not-the-id"])
+    assert store.damaged_rows().tolist() == [3]
+
+
+def test_a_store_without_checksums_reads_with_one_warning_line(sample, caplog):
+    path, ids, logits = sample
+    make_store(path, ids, logits)
+    drop_checksums(path)
+    caplog.set_level("WARNING")
+    for _ in range(2):  # train opens a store twice (provenance, then rows): still one line
+        store = LogitsStore(path)
+        values, present = store.fetch(ids)
+        np.testing.assert_array_equal(values, logits)
+    warnings = [r.getMessage() for r in caplog.records if "no row checksums" in r.getMessage()]
+    assert len(warnings) == 1 and str(path) in warnings[0]
+    assert not store.has_checksums and store.damaged_rows().size == 0
+
+
+def test_fat_train_on_a_damaged_store_exits_with_one_line_naming_store_and_rows(tmp_path, capsys):
+    """Through training's own reading path (the teacher table), before any step is taken."""
+    task = make_task(tmp_path / "task", n_train=6, n_valid=3, num_classes=3, seed=2)
+    store = write_task_store(tmp_path / "teacher.h5", task.train_ids, oracle_logits(task.train_targets), task.labels)
+    zero_row(store, 4)
+    out = tmp_path / "run"
+    assert main(["train", "--train", str(task.train), "--valid", str(task.valid), "--teacher", str(store),
+                 "--out", str(out), "--model-size", "tiny224", "--fstride", "16", "--tstride", "16",
+                 "--target-frames", "32", "--num-workers", "0", "--no-progress", "--threads", "1",
+                 "--kd-lambda", "0.5", "--epochs", "1", "--batch-size", "3", "--no-wa"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and error.startswith("fat train: error: ")
+    assert str(store) in error and "rows 4 (train004)" in error and "damaged" in error
+    assert not (out / MODEL_NAME).exists() and not (out / LEGACY_MODEL_NAME).exists()
+
+
+def test_fat_logits_verify_names_damaged_rows_and_unverifiable_stores(sample, tmp_path, capsys):
+    path, ids, logits = sample
+    good, damaged, old = (tmp_path / f"{name}.h5" for name in ("good", "damaged", "old"))
+    for store in (good, damaged, old):
+        make_store(store, ids, logits, dtype="float16")
+    zero_row(damaged, 20)
+    drop_checksums(old)
+    assert main(["logits", "verify", str(good)]) == 0
+    assert f"{good}: ok, all {len(ids)} rows match their checksums" in capsys.readouterr().out
+    assert main(["logits", "verify", str(good), str(damaged), str(old), str(tmp_path / "absent.h5")]) == 2
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0].startswith(f"{good}: ok")
+    assert lines[1].startswith(f"{damaged}: 1 of {len(ids)} teacher logits rows do not match")
+    assert lines[2] == f"  row 20: {ids[20]}"
+    assert lines[3].startswith(f"{old}: no row checksums") and "no such teacher logits store" in lines[4]
+    assert captured.err.strip() == (f"fat logits: error: 3 of 4 stores failed verification: {damaged}, {old}, "
+                                    f"{tmp_path / 'absent.h5'}")

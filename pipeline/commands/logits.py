@@ -1,12 +1,14 @@
-"""`fat logits`: teacher logits for the clips of one or more datafiles, into one HDF5 store."""
+"""`fat logits`: teacher logits for the clips of one or more datafiles, into one HDF5 store;
+`fat logits verify`: check stores against their row checksums."""
 
 from __future__ import annotations
 
 import argparse
 
 from pipeline.cli import add_command
-from pipeline.logits.settings import LogitsSettings
-from pipeline.settings import from_args
+from pipeline.core.errors import FatError
+from pipeline.logits.settings import LogitsSettings, VerifySettings
+from pipeline.settings import add_options, from_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,12 +25,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "settings are reused. Under torchrun each rank takes a share of the batches and rank 0\n"
             "merges them: torchrun --nproc_per_node 4 -m pipeline.cli logits ...\n"
             "Checkpoints are downloaded once into $FAT_CACHE/teachers (default ~/.cache/fat/teachers);\n"
-            "offline, pass the file with --checkpoint. Example:\n"
-            "  fat logits --datafile data/datafiles/eval/eval.json --teacher mn10_as --out data/logits/mn10_as.h5"
+            "offline, pass the file with --checkpoint. Every row is stored with a checksum. Example:\n"
+            "  fat logits --datafile data/datafiles/eval/eval.json --teacher mn10_as --out data/logits/mn10_as.h5\n"
+            "An action takes its own options (see `fat logits verify --help`):\n"
+            "  fat logits verify   read every row of stores against their checksums"
         ),
         settings=LogitsSettings,
     )
     parser.set_defaults(func=run)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=False)
+    verify = actions.add_parser(
+        "verify", help="read every row of stores against their checksums", formatter_class=parser.formatter_class,
+        description=("Reads every row of each store and compares it with the checksum written beside it (by\n"
+                     "`fat logits`). Prints one line per store; exits 2 when a store is\n"
+                     "damaged (its bad rows are named) or has no checksums (made before they existed)."),
+    )
+    add_options(verify, VerifySettings)
+    verify.set_defaults(func=run_verify)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,4 +58,31 @@ def run(args: argparse.Namespace) -> int:
             if "mAP" in overall:
                 print(f"teacher mAP {overall['mAP']:.4f} over {overall['clips']} clips "
                       f"(metrics: {settings.metrics_path})")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from pipeline.store import LogitsStore
+
+    settings = from_args(VerifySettings, args)
+    failed = []
+    for path in settings.stores:
+        try:
+            with LogitsStore(path, allow_incomplete=True) as store:
+                if not store.has_checksums:
+                    raise FatError(f"{path}: no row checksums (made before fat stores had them): it cannot be "
+                                   "verified; rerun the `fat logits` command that made it to add them")
+                damaged = store.damaged_rows()
+                if damaged.size:
+                    listed = "".join(f"\n  row {row}: {store.ids[row]}" for row in damaged)
+                    raise FatError(store.damage_message(damaged) + listed)
+                state = "complete" if store.complete else "incomplete"
+                print(f"{path}: ok, all {len(store)} rows match their checksums ({state}, teacher "
+                      f"{store.attrs.get('teacher', '?')})")
+        except FatError as exc:
+            print(str(exc))
+            failed.append(path)
+    if failed:
+        raise FatError(f"{len(failed)} of {len(settings.stores)} stores failed verification: "
+                       f"{', '.join(map(str, failed))}")
     return 0

@@ -51,11 +51,12 @@ def write_oracle_store(settings: LogitsSettings, label_csv: Any) -> Outcome:
         existing = LogitsStore(settings.out, allow_incomplete=True)
         same = existing.attrs.get("identity_sha256") == identity_sha
         described = f"teacher {existing.attrs.get('teacher', '?')}"
+        checked = existing.has_checksums  # a store from before row checksums is written again to gain them
         existing.close()
-        if same:
+        if same and checked:
             log.info("%s: up to date (oracle logits of the same %d clips and labels)", settings.out, len(clips))
             return Outcome(settings.out, True, 0, len(clips), {}, None)
-        if not settings.overwrite:
+        if not same and not settings.overwrite:
             raise FatError(f"{settings.out}: already holds another store ({described}); choose another --out, or "
                            "pass --overwrite to replace it")
     attrs: dict[str, Any] = {

@@ -88,7 +88,9 @@ def run_logits(settings: LogitsSettings) -> Outcome | None:
             have = reuse.rows_of(requested) >= 0
             done.update(i for i, h in zip(requested, have, strict=True) if h)
         needed = [i for i, clip_id in enumerate(requested) if clip_id not in done]
-        if not needed and reuse is not None and reuse.complete and not any(settings.partial_dir.glob("rank*.log")):
+        # A store from before row checksums is reassembled (rows reused, nothing computed) to gain them.
+        if not needed and reuse is not None and reuse.complete and reuse.has_checksums \
+                and not any(settings.partial_dir.glob("rank*.log")):
             reuse.close()
             if ctx.is_main:  # nothing to add: leave the finished store untouched
                 shutil.rmtree(settings.partial_dir, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""What `fat logits` is asked to do: its options (params.yaml `logits:` keys) and the paths they imply."""
+"""What `fat logits` is asked to do: its options (params.yaml `logits:` keys) and the paths they imply;
+and the settings of its action `fat logits verify` (`VerifySettings`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ SAMPLE_RATE = 32000  # the teachers' input rate
 
 @dataclass(kw_only=True)
 class LogitsSettings:
-    datafile: tuple[Path, ...] = option(help="AST datafile(s) whose clips get logits (required)", metavar="JSON")
+    datafile: tuple[Path, ...] = option(
+        (), "AST datafile(s) whose clips get logits (required, default: none)", metavar="JSON")
     teacher: list[str] = option(
         ["mn10_as"], "released teacher name(s); several (or mn_ensemble) = mean of their logits (default: mn10_as)",
         metavar="NAME")
@@ -68,7 +70,7 @@ class LogitsSettings:
         if self.oracle_from_labels and (self.random_init or self.checkpoint):
             raise FatError("--oracle-from-labels uses no teacher model: drop --random-init and --checkpoint")
         if not self.datafile:
-            raise FatError("no datafile given")
+            raise FatError("--datafile is required: the AST datafile(s) whose clips get logits")
 
     @property
     def partial_dir(self) -> Path:
@@ -81,3 +83,13 @@ class LogitsSettings:
     @property
     def metrics_path(self) -> Path:
         return self.metrics or self.out.with_name(self.out.stem + ".metrics.json")
+
+
+@dataclass(kw_only=True)
+class VerifySettings:
+    """`fat logits verify`: read every row of one or more stores against their checksums."""
+
+    stores: list[Path] = option(help="teacher logits store(s) (.h5)", positional=True, nargs="+", metavar="STORE")
+
+    def __post_init__(self) -> None:
+        self.stores = [Path(p) for p in self.stores]
