@@ -109,8 +109,10 @@ class LogitsStore:
         if not self.complete and not allow_incomplete:
             missing = self.attrs.get("missing")
             detail = f" ({missing} requested clips are missing)" if missing else ""
+            remedy = ("the imported predictions lack them (listed in the import's .unmatched.txt)"
+                      if self.attrs.get("imported") else "rerun `fat logits` to finish it")
             raise FatError(
-                f"{self.path}: the teacher logits store is incomplete{detail}: rerun `fat logits` to finish it, "
+                f"{self.path}: the teacher logits store is incomplete{detail}: {remedy}, "
                 "or allow an incomplete store explicitly (fat train --missing-teacher mask)"
             )
         if not self.has_checksums and os.path.abspath(self.path) not in _warned_unchecked:
@@ -144,9 +146,9 @@ class LogitsStore:
         return self.row_of(clip_id) is not None
 
     def provenance(self) -> dict[str, Any]:
-        """The attributes with the JSON-valued ones (`frontend`, `members`) parsed."""
+        """The attributes with the JSON-valued ones (`frontend`, `members`, `excluded`, `sources`) parsed."""
         parsed = dict(self.attrs)
-        for key in ("frontend", "members", "excluded"):
+        for key in ("frontend", "members", "excluded", "sources"):
             if isinstance(parsed.get(key), str):
                 try:
                     parsed[key] = json.loads(parsed[key])
@@ -199,8 +201,8 @@ class LogitsStore:
         shown = ", ".join(f"{row} ({self._index.keys[row].decode('utf-8', 'replace')})" for row in damaged[:show])
         more = f" and {damaged.size - show} more" if damaged.size > show else ""
         return (f"{self.path}: {damaged.size} of {self.shape[0]} teacher logits rows do not match their checksums, "
-                f"the store is damaged: rows {shown}{more}; make the store again (`fat logits` into a new --out), "
-                "`fat logits verify` lists every damaged row")
+                f"the store is damaged: rows {shown}{more}; make the store again (`fat logits` into a new --out, "
+                "or `fat logits import`), `fat logits verify` lists every damaged row")
 
     def _read_checked(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The stored rows `wanted` (sorted, unique) in the store's dtype, and those of them failing their checksum."""

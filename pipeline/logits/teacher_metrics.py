@@ -10,17 +10,21 @@ import numpy as np
 
 from pipeline.core.atomic import write_json_atomic
 from pipeline.datafile import ClipList
-from pipeline.logits.settings import LogitsSettings
+from pipeline.logits.settings import ImportSettings, LogitsSettings
 from pipeline.metrics import multilabel_metrics
 from pipeline.store import LogitsStore
 
 
-def teacher_metrics(settings: LogitsSettings, clips: ClipList, members: Sequence[Any]) -> dict[str, Any]:
-    """The teacher's own mAP / mAUC / d' on the clips, per datafile and over all (JSON, atomic)."""
+def teacher_metrics(settings: LogitsSettings | ImportSettings, clips: ClipList, members: Sequence[Any] = (),
+                    published_map: float | None = None) -> dict[str, Any]:
+    """The teacher's own mAP / mAUC / d' on the clips, per datafile and over all (JSON, atomic).
+
+    `published_map`: for an imported store, which has no members to ask.
+    """
     store = LogitsStore(settings.out, allow_incomplete=True)
     result: dict[str, Any] = {
         "teacher": store.attrs["teacher"], "random_init": bool(store.attrs["random_init"]),
-        "published_mAP": members[0].provenance.published_map if len(members) == 1 else None,
+        "published_mAP": members[0].provenance.published_map if len(members) == 1 else published_map,
         "dtype": settings.store_dtype, "splits": {},
     }
     all_targets, all_scores = [], []
