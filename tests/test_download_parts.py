@@ -178,3 +178,15 @@ def test_youtube_needs_are_spelled_out() -> None:
     assert any("--cookies" in text for text in missing)
     ready = youtube_warnings(runtimes=("node",), remote_components=("ejs:github",), cookies="cookies.txt")
     assert ready == []
+
+
+def test_the_cookie_advice_is_the_same_in_the_warning_and_the_readme() -> None:
+    """Both once disagreed: the warning said a logged-out session is safest, the README a logged-in throw-away account."""
+    warning = next(text for text in youtube_warnings(runtimes=("node",), remote_components=("ejs:github",),
+                                                     cookies=None))
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8").split())
+    section = readme[readme.index("**YouTube today.**"):readme.index("**Rate limits.**")]
+    for text in (warning, section):
+        assert "throw-away account" in text and "private browser window" in text, text
+        assert "close" in text and "without logging out" in text, text
+        assert "logged-out" not in text and "logged out" not in text, text

@@ -55,6 +55,8 @@ def youtube_warnings(runtimes: tuple[str, ...], remote_components: tuple[str, ..
     if not cookies:
         warnings.append(
             "no --cookies FILE: YouTube often answers 'Sign in to confirm you're not a bot' to "
-            "anonymous clients; export cookies.txt from a browser (a logged-out session is safest)."
+            "anonymous clients. Log in to a throw-away account (never your own: a downloading account "
+            "may be banned) in a private browser window, export its youtube.com cookies as cookies.txt, "
+            "then close that window without logging out (README: YouTube today)."
         )
     return warnings
