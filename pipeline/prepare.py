@@ -3,7 +3,8 @@
 Both write, into one folder, `<name>_train.json`, `<name>_valid.json`, `<name>_test.json` (AST
 format, with ids = the clip's path under the root without extension) and the label CSV
 `class_labels_indices.csv`. Nothing is read but the folder listing; `fat prepare` then runs the
-same checks as `fat validate` over every split.
+same checks as `fat validate` over every split. ESC-50's release (five fixed folds) is read by
+`pipeline.esc50`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from pipeline.validate.checks import SignalChecks, Thresholds
 
 log = logging.getLogger(__name__)
 
-KINDS = ("speechcommands", "folder")
+KINDS = ("speechcommands", "esc50", "folder")
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 SPEECH_COMMANDS_NOISE = "_background_noise_"
 SPEECH_COMMANDS_LISTS = {"valid": "validation_list.txt", "test": "testing_list.txt"}
 SPEECH_COMMANDS_WORDS = 35  # v0.02 (v0.01 has 30)
+# Each layout's sample rate (None: any) and longest clip (s), where the options leave them unset.
+KIND_CHECKS: dict[str, tuple[int | None, float]] = {"speechcommands": (16000, 1.0), "esc50": (44100, 5.0),
+                                                    "folder": (None, 10.0)}
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aif", ".aiff"})
 
 
@@ -39,7 +43,7 @@ class PrepareSettings:
 
     kind: str = option(help="dataset layout", choices=KINDS, positional=True)
     root: Path = option(help="the dataset's folder")
-    name: str | None = option(None, "prefix of the output files (default: speechcommands, or the folder's name)")
+    name: str | None = option(None, "prefix of the output files (default: speechcommands, esc50, or the folder's name)")
     out_dir: Path = option(Path("data/prepared"), "folder for the full listings and their label CSV")
     absolute_paths: bool = option(False, "write absolute wav paths (default: relative to the datafile's folder)")
     valid_fraction: float = option(0.1, "folder: share of clips in valid (0..1)")
@@ -53,21 +57,22 @@ class PrepareSettings:
                           minimum=1, group=CHECKS)
     progress: bool | None = option(None, "show a progress bar (default: when stderr is a terminal)", group=CHECKS)
     sample_rate: int | None = option(
-        None, "required sample rate, Hz (default: 16000 for speechcommands, any rate for folder)", group=CHECKS)
+        None, "required sample rate, Hz (default: 16000 for speechcommands, 44100 for esc50, any rate for folder)",
+        group=CHECKS)
     channels: int = option(1, "required channel count", group=CHECKS)
     min_seconds: float = option(0.0, "minimum length", unit="s", group=CHECKS)
     max_seconds: float | None = option(
-        None, "maximum length, seconds (default: 1 for speechcommands, 10 for folder)", group=CHECKS)
+        None, "maximum length, seconds (default: 1 for speechcommands, 5 for esc50, 10 for folder)", group=CHECKS)
     length_tolerance: float = option(0.05, "allowed excess over --max-seconds", unit="s", group=CHECKS)
     signal: SignalChecks = nested(SignalChecks)
 
     def thresholds(self) -> Thresholds:
         """The checks of `fat validate`, with this kind's defaults where an option is left unset."""
-        speech = self.kind == "speechcommands"
+        rate, longest = KIND_CHECKS[self.kind]
         return Thresholds(
-            sample_rate=self.sample_rate if self.sample_rate is not None else (16000 if speech else None),
+            sample_rate=self.sample_rate if self.sample_rate is not None else rate,
             channels=self.channels, length_tolerance=self.length_tolerance, min_seconds=self.min_seconds,
-            max_seconds=self.max_seconds if self.max_seconds is not None else (1.0 if speech else 10.0),
+            max_seconds=self.max_seconds if self.max_seconds is not None else longest,
             **asdict(self.signal),
         )
 
