@@ -5,6 +5,11 @@ format, with ids = the clip's path under the root without extension) and the lab
 `class_labels_indices.csv`. Nothing is read but the folder listing; `fat prepare` then runs the
 same checks as `fat validate` over every split. ESC-50's release (five fixed folds) is read by
 `pipeline.esc50`.
+
+A split that was asked for (train always; valid / test of a folder tree when their fraction is
+above 0; every split of Speech Commands) and gets no clip is refused, naming the split and the
+folder, unless `--allow-empty` (then a warning): a small tree's hash split can leave one empty,
+and an empty valid or test split would only show up later as a run without a score.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ class PrepareSettings:
     valid_fraction: float = option(0.1, "folder: share of clips in valid (0..1)")
     test_fraction: float = option(0.1, "folder: share of clips in test (0..1)")
     seed: int = option(0, "folder: seed of the split hash")
+    allow_empty: bool = option(
+        False, "write a split that gets no clips, with a warning (default: such a split is an error naming it; a "
+               "folder split whose fraction is 0 is not asked for and may be empty)")
     validate: bool = option(True, "check every clip and write the datafiles of those that pass", group=CHECKS)
     datafile_dir: Path = option(Path("data/datafiles"), "folder for the checked datafiles and their label CSV",
                                 group=CHECKS)
@@ -87,7 +95,7 @@ class PreparedSet:
 
 
 def prepare_speechcommands(root: str | Path, out_dir: str | Path, name: str = "speechcommands",
-                           absolute: bool = False) -> PreparedSet:
+                           absolute: bool = False, allow_empty: bool = False) -> PreparedSet:
     """Speech Commands v0.02: one folder per word, `_background_noise_` left out, the clips of
     `validation_list.txt` / `testing_list.txt` as valid / test and every other clip as train.
 
@@ -112,12 +120,16 @@ def prepare_speechcommands(root: str | Path, out_dir: str | Path, name: str = "s
             owner[rel] = split
     chosen["train"] = [rel for rel in clips if rel not in owner]
     mids = [f"/m/spcmd{i:02d}" for i in range(len(words))]
-    return _write_set(root, Path(out_dir), name, words, mids, {w: m for w, m in zip(words, mids)},
-                      {split: [(rel, clips[rel]) for rel in chosen[split]] for split in SPLITS}, absolute)
+    asked = {"train": f"every one of the {len(clips)} clips is in {' or '.join(SPEECH_COMMANDS_LISTS.values())}",
+             **{split: f"{root / list_name} lists none of them" for split, list_name in SPEECH_COMMANDS_LISTS.items()}}
+    splits = {split: [(rel, clips[rel]) for rel in chosen[split]] for split in SPLITS}
+    _check_empty_splits(root, splits, asked, allow_empty)
+    return _write_set(root, Path(out_dir), name, words, mids, {w: m for w, m in zip(words, mids)}, splits, absolute)
 
 
 def prepare_folder(root: str | Path, out_dir: str | Path, name: str | None = None, valid_fraction: float = 0.1,
-                   test_fraction: float = 0.1, seed: int = 0, absolute: bool = False) -> PreparedSet:
+                   test_fraction: float = 0.1, seed: int = 0, absolute: bool = False,
+                   allow_empty: bool = False) -> PreparedSet:
     """One subfolder per class (audio files anywhere below it). Each clip's split comes from a hash of
     its path and `seed`, so adding files later never moves the clips already assigned."""
     root = _check_root(root)
@@ -140,6 +152,14 @@ def prepare_folder(root: str | Path, out_dir: str | Path, name: str | None = Non
     for folder in classes:
         for rel in files[folder]:
             splits[stable_split(rel, valid_fraction, test_fraction, seed)].append((rel, folder))
+    total = sum(len(found) for found in files.values())
+    hashed = f"of {total} clips, drawn by a hash of each path; raise it or add clips"
+    asked = {"train": f"what --valid-fraction {valid_fraction:g} and --test-fraction {test_fraction:g} leave of "
+                      f"{total} clips; lower them or add clips"}
+    for split, fraction in (("valid", valid_fraction), ("test", test_fraction)):
+        if fraction > 0:  # 0: the user asked for no such split
+            asked[split] = f"--{split}-fraction {fraction:g} {hashed}, or --{split}-fraction 0 for no {split} split"
+    _check_empty_splits(root, splits, asked, allow_empty)
     return _write_set(root, Path(out_dir), name or root.name, classes, mids, dict(zip(classes, mids)), splits, absolute)
 
 
@@ -151,6 +171,18 @@ def stable_split(relative_path: str, valid_fraction: float, test_fraction: float
     if position < test_fraction + valid_fraction:
         return "valid"
     return "train"
+
+
+def _check_empty_splits(root: Path, splits: dict[str, list[tuple[str, str]]], asked: dict[str, str],
+                        allow_empty: bool) -> None:
+    """Refuse (or, with --allow-empty, warn about) each split in `asked` that gets no clip; `asked[split]`
+    says how that split was asked for. Runs before anything is written."""
+    for split in SPLITS:
+        if split in asked and not splits[split]:
+            message = f"{root}: the {split} split gets no clips ({asked[split]})"
+            if not allow_empty:
+                raise FatError(f"{message}; --allow-empty writes it empty")
+            log.warning("%s; written empty (--allow-empty)", message)
 
 
 def _write_set(root: Path, out_dir: Path, name: str, classes: Sequence[str], mids: Sequence[str],

@@ -136,3 +136,62 @@ def test_folder_tree_classes_stable_splits_and_skips(tmp_path: Path) -> None:
     assert len(load_datafile(tmp_path / "d" / "b_train.json")) == len(load_datafile(tmp_path / "p" / "b_train.json"))
     with pytest.raises(FatError, match="sum < 1"):
         prepare_folder(root, tmp_path / "x", valid_fraction=0.5, test_fraction=0.5)
+
+
+def small_tree(root: Path, per_class: int = 3) -> list[str]:
+    """Two classes of `per_class` short clips; returns the clips' paths under root."""
+    paths = []
+    for c, name in enumerate(("cat", "dog")):
+        (root / name).mkdir(parents=True)
+        for k in range(per_class):
+            sf.write(root / name / f"{name}{k}.wav", speech(0.5, seed=c * 10 + k), 16000, subtype="PCM_16")
+            paths.append(f"{name}/{name}{k}.wav")
+    return paths
+
+
+def test_a_folder_split_asked_for_that_gets_no_clips_is_an_error_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """Six clips and --valid-fraction 0.1: the hash split can leave valid empty, which used to pass silently."""
+    root = tmp_path / "pets"
+    paths = small_tree(root)
+    seed = next(s for s in range(100) if all(stable_split(p, 0.1, 0.1, s) == "train" for p in paths))
+    out = tmp_path / "prepared"
+    argv = ["prepare", "folder", "--root", str(root), "--out-dir", str(out), "--seed", str(seed),
+            "--datafile-dir", str(tmp_path / "d"), "--report-dir", str(tmp_path / "r"), "--workers", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"fat prepare: error: {root}: the valid split gets no clips "
+                                                    "(--valid-fraction 0.1 of 6 clips"), err
+    assert "--allow-empty" in err and not out.exists() and not (tmp_path / "d").exists()
+
+    # asked for on purpose: written empty, with a warning naming each empty split
+    with caplog.at_level("WARNING"):
+        assert main([*argv, "--allow-empty"]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "gets no clips" in r.getMessage()]
+    assert len(warned) == 2 and "the valid split" in warned[0] and "the test split" in warned[1]
+    assert len(load_datafile(out / "pets_valid.json")) == 0 and len(load_datafile(out / "pets_train.json")) == 6
+
+    # a fraction of 0 asks for no such split: neither an error nor a warning
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        prepared = prepare_folder(root, tmp_path / "none", valid_fraction=0, test_fraction=0, seed=seed)
+    assert prepared.counts == {"train": 6, "valid": 0, "test": 0}
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    # every clip hashed away from train: train is named
+    seed = next(s for s in range(1000) if all(stable_split(p, 0.5, 0.4, s) != "train" for p in paths))
+    with pytest.raises(FatError, match=r"the train split gets no clips \(what --valid-fraction 0.5 and "
+                                       r"--test-fraction 0.4 leave of 6 clips"):
+        prepare_folder(root, tmp_path / "x", valid_fraction=0.5, test_fraction=0.4, seed=seed)
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_empty_speech_commands_list_is_an_error_naming_it(tmp_path: Path) -> None:
+    root = tmp_path / "sc"
+    build_speech_commands(root)
+    (root / "testing_list.txt").write_text("\n")
+    with pytest.raises(FatError, match=r"the test split gets no clips \(.*testing_list.txt lists none of them\)"):
+        prepare_speechcommands(root, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    prepared = prepare_speechcommands(root, tmp_path / "out", allow_empty=True)
+    assert prepared.counts["test"] == 0 and prepared.counts["valid"] == 2
+

@@ -45,10 +45,10 @@ def run(args: argparse.Namespace) -> int:
         return run_esc50(settings)
     if settings.kind == "speechcommands":
         prepared = prepare_speechcommands(settings.root, settings.out_dir, settings.name or "speechcommands",
-                                          settings.absolute_paths)
+                                          settings.absolute_paths, settings.allow_empty)
     else:
         prepared = prepare_folder(settings.root, settings.out_dir, settings.name, settings.valid_fraction,
-                                  settings.test_fraction, settings.seed, settings.absolute_paths)
+                                  settings.test_fraction, settings.seed, settings.absolute_paths, settings.allow_empty)
     for split, path in prepared.datafiles.items():
         log.info("%s: %d clips", path, prepared.counts[split])
     if settings.validate:
