@@ -137,6 +137,31 @@ def test_a_malicious_pickle_is_refused_without_running_it(task, tmp_path, capsys
     assert marker.exists()
 
 
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_row_numbers_pickled_as_numpy_integers_are_read(task, tmp_path, capsys, protocol):
+    """An index written from numpy (dict(zip(names, np.arange(n)))) pickles each row as numpy.int64:
+    it reads, through stand-ins that build integers only."""
+    npy, pkl, rows = upstream_files(tmp_path / "upstream", task.train_ids, task.train_targets)
+    index = tmp_path / "numpy_index.pkl"
+    index.write_bytes(pickle.dumps({k: np.int64(v) for k, v in pickle.loads(pkl.read_bytes()).items()},
+                                   protocol=protocol))
+    out = tmp_path / "s.h5"
+    assert main(import_args(npy, index, task, out, "--store-dtype", "float32")) == 0
+    values, present = LogitsStore(out).fetch(task.train_ids)
+    assert present.all()
+    np.testing.assert_array_equal(values, np.stack([rows[upstream_key(i)] for i in task.train_ids]))
+
+
+def test_numpy_globals_other_than_integers_are_refused(task, tmp_path, capsys):
+    npy, _, _ = upstream_files(tmp_path / "upstream", task.train_ids, task.train_targets)
+    index = tmp_path / "index.pkl"
+    for value, refused in ((np.float64(1.0), "not an integer type"), (np.array([1, 2]), "numpy._core.multiarray._reconstruct")):
+        index.write_bytes(pickle.dumps({upstream_key(YTIDS[0]): value}))
+        assert main(import_args(npy, index, task, tmp_path / "s.h5")) == 2
+        error = capsys.readouterr().err
+        assert f"{index}: refused" in error and refused in error and error.count("\n") == 1
+
+
 @pytest.mark.parametrize(("payload", "message"), [
     ([1, 2], "holds a list, expected a dict of clip name → row number"),
     ({b"--4gqARaEJE": 0}, "key b'--4gqARaEJE' is a bytes, expected a clip name (str)"),

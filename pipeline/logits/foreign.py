@@ -110,15 +110,57 @@ class _Refused(pickle.UnpicklingError):
     """The pickle asked for something to run (as opposed to bytes that are no pickle at all)."""
 
 
+def _integer_dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
+    """numpy.dtype as a pickle of numpy integers names it, for integer kinds only."""
+    if not isinstance(spec, str):
+        raise _Refused(f"it asks for numpy.dtype({spec!r})")
+    try:
+        dtype = np.dtype(spec)
+    except TypeError:
+        raise _Refused(f"it asks for numpy.dtype({spec!r})") from None
+    if dtype.kind not in "iu":
+        raise _Refused(f"it asks for numpy.dtype({spec!r}), not an integer type")
+    return dtype
+
+
+def _integer_scalar(dtype: Any, data: Any = b"") -> np.integer:
+    """A numpy integer from its raw bytes, as a pickle of numpy.int64 spells one."""
+    if not isinstance(dtype, np.dtype) or dtype.kind not in "iu" or not isinstance(data, bytes) \
+            or len(data) != dtype.itemsize:
+        raise _Refused("it asks for a numpy scalar that is not an integer")
+    return np.frombuffer(data, dtype=dtype)[0]
+
+
+def _latin1_bytes(text: Any, encoding: Any = "latin1") -> bytes:
+    """Protocol 2 writes bytes as _codecs.encode(str, 'latin1'); nothing else of _codecs is allowed."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise _Refused("it asks for _codecs.encode with other arguments than a pickle's own bytes")
+    return text.encode("latin1")
+
+
+# The only globals a dict of name -> numpy integer needs (numpy 1.x and 2.x spell the module apart);
+# each stands for a checking function of ours, never for the real callable.
+_ALLOWED_GLOBALS = {
+    ("numpy", "dtype"): _integer_dtype,
+    ("numpy.core.multiarray", "scalar"): _integer_scalar,
+    ("numpy._core.multiarray", "scalar"): _integer_scalar,
+    ("_codecs", "encode"): _latin1_bytes,
+}
+
+
 class _NoGlobalsUnpickler(pickle.Unpickler):
-    """Loads only what a pickle can build without naming anything: str, int, dict, list... never a callable.
+    """Loads only what a pickle can build without naming code: str, int, dict, list, and numpy integers
+    (a row index may have been pickled as numpy.int64) through checking stand-ins, never a real callable.
 
     Every way a pickle reaches code (a class, a function to call, an extension code) goes through
-    `find_class`, which refuses; so does `persistent_load`.
+    `find_class`, which refuses all but `_ALLOWED_GLOBALS`; `persistent_load` refuses too.
     """
 
     def find_class(self, module: str, name: str) -> Any:
-        raise _Refused(f"it asks for {module}.{name}")
+        allowed = _ALLOWED_GLOBALS.get((module, name))
+        if allowed is None:
+            raise _Refused(f"it asks for {module}.{name}")
+        return allowed
 
     def persistent_load(self, pid: Any) -> Any:
         raise _Refused("it holds a persistent reference")
@@ -141,6 +183,8 @@ def read_name_index(path: Path, rows: int) -> dict[str, int]:
     for name, row in loaded.items():
         if type(name) is not str:
             raise FatError(f"{path}: key {name!r} is a {type(name).__name__}, expected a clip name (str)")
+        if isinstance(row, np.integer):
+            row = loaded[name] = int(row)
         if type(row) is not int:
             raise FatError(f"{path}: {name!r} → {row!r}, a {type(row).__name__}, expected a row number (int)")
         if not 0 <= row < rows:
