@@ -27,6 +27,7 @@ COMMANDS: tuple[str, ...] = (
     "validate",
     "pack",
     "prepare",
+    "finetune_teacher",
     "logits",
     "predict",
     "stats",

@@ -121,7 +121,7 @@ def test_every_command_builds_its_settings_from_its_own_defaults() -> None:
                 "evaluate": ["--checkpoint", "s.pt", "--datafile", "d.json"], "prepare": ["folder", "--root", "r"],
                 "predict": ["a.wav"], "stats": ["d.json"], "merges": ["a.wav"], "pack": ["--datafile", "d.json"],
                 "logits import": ["--logits", "p.npy", "--ids", "i.txt", "--datafile", "d.json", "--teacher", "t"],
-                "logits verify": ["s.h5"]}
+                "logits verify": ["s.h5"], "finetune-teacher": ["--train", "t.json", "--valid", "v.json", "--out", "o"]}
     parser = build_parser()
     checked = 0
     variants = [(name, sub) for name, sub in parser.commands.items()]

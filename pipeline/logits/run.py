@@ -33,7 +33,7 @@ from pipeline.logits.assemble import Outcome, finish
 from pipeline.logits.compute import compute
 from pipeline.logits.settings import LogitsSettings
 from pipeline.logits.teacher_metrics import teacher_metrics
-from pipeline.logits.teachers import digest, identity_of, load_teachers
+from pipeline.logits.teachers import check_teacher_labels, digest, identity_of, load_teachers
 from pipeline.logits.worklog import WorkLog, scan_partial
 from pipeline.store import LogitsStore
 
@@ -74,6 +74,7 @@ def run_logits(settings: LogitsSettings) -> Outcome | None:
         if labels is not None and len(labels) != classes:
             raise FatError(f"{label_csv}: {len(labels)} classes, but teacher {members[0].provenance.name} "
                            f"predicts {classes}: the label CSV must be the one the teacher was trained on")
+        check_teacher_labels(members, labels, label_csv)
         precision = runtime.choose_precision(settings.precision, ctx.device)
         identity = identity_of(members, settings, classes, labels.sha256 if labels is not None else "", precision.name)
         if not audio.exact:  # lossy packing changes the samples, so the logits: never mixed with exact ones

@@ -21,7 +21,8 @@ class LogitsSettings:
     datafile: tuple[Path, ...] = option(
         (), "AST datafile(s) whose clips get logits (required, default: none)", metavar="JSON")
     teacher: list[str] = option(
-        ["mn10_as"], "released teacher name(s); several (or mn_ensemble) = mean of their logits (default: mn10_as)",
+        ["mn10_as"], "released teacher name(s); several (or mn_ensemble) = mean of their logits; or one teacher.pt "
+                       "file of `fat finetune-teacher` (default: mn10_as)",
         metavar="NAME")
     checkpoint: list[Path] = option(
         [], "local checkpoint file(s), one per teacher in order, instead of the download (default: the released file "
@@ -63,7 +64,9 @@ class LogitsSettings:
         self.checkpoint = [Path(p) for p in self.checkpoint]
         self.packed = [Path(p) for p in self.packed]
         if self.out is None:
-            self.out = Path("data") / "logits" / f"{'+'.join(self.teacher)}.h5"
+            # a fine-tuned teacher file (teacher.finetuned.is_teacher_file) is named by its stem
+            named = (Path(t).stem if t.endswith(".pt") or "/" in t else t for t in self.teacher)
+            self.out = Path("data") / "logits" / f"{'+'.join(named)}.h5"
 
     def check(self) -> None:
         check_values(self)

@@ -16,10 +16,17 @@ from pipeline.logits.settings import SAMPLE_RATE, LogitsSettings
 
 def load_teachers(names: Sequence[str], checkpoints: Sequence[Path], random_init: bool, num_classes: int | None,
                   seed: int = 0) -> list[Any]:
-    """The ensemble members (one or more; presets such as mn_ensemble expanded), on the CPU, in eval mode."""
+    """The ensemble members (one or more; presets such as mn_ensemble expanded), on the CPU, in eval mode.
+    A name that is a file is a `fat finetune-teacher` teacher (teacher.finetuned), which brings its own weights."""
     from teacher import TeacherError, expand_names, load_teacher
+    from teacher.finetuned import is_teacher_file, load_finetuned
 
     try:
+        if any(is_teacher_file(name) for name in names):
+            if len(names) != 1 or checkpoints or random_init:
+                raise FatError(f"--teacher {' '.join(map(str, names))}: a fine-tuned teacher file runs alone, "
+                               "without --checkpoint or --random-init")
+            return [load_finetuned(names[0])]
         names = expand_names(list(names))
         if checkpoints and len(checkpoints) != len(names):
             raise FatError(f"{len(checkpoints)} --checkpoint files for {len(names)} teachers ({', '.join(names)}): "
@@ -28,6 +35,22 @@ def load_teachers(names: Sequence[str], checkpoints: Sequence[Path], random_init
                              num_classes=num_classes, seed=seed + i) for i, name in enumerate(names)]
     except TeacherError as exc:
         raise FatError(str(exc)) from exc
+
+
+def check_teacher_labels(members: Sequence[Any], labels: Any, label_csv: Path | None) -> None:
+    """A fine-tuned teacher's columns are the classes of the label CSV it learned: logits for another label CSV
+    (even one of the same size) would put its classes under the wrong names, so its sha256 must match."""
+    for member in members:
+        learned = getattr(member, "label_csv_sha256", None)
+        if learned is None:
+            continue
+        if labels is None:
+            raise FatError(f"{member.provenance.checkpoint_file}: a fine-tuned teacher needs the label CSV it "
+                           "learned (--labels, or class_labels_indices.csv beside the first datafile)")
+        if labels.sha256 != learned:
+            raise FatError(f"{label_csv}: not the label CSV teacher {member.provenance.checkpoint_file} was "
+                           f"fine-tuned on (sha256 {labels.sha256[:12]}…, the teacher's {learned[:12]}…): its "
+                           "columns would be another set's classes")
 
 
 def identity_of(members: Sequence[Any], settings: LogitsSettings, num_classes: int, label_sha: str,
