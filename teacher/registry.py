@@ -1,9 +1,12 @@
-"""The released EfficientAT checkpoints, "mn" and "dymn": name → file, URL, network shape,
-front-end settings and the mAP its authors published (AudioSet eval set).
+"""The released teacher checkpoints: EfficientAT's "mn" and "dymn" CNNs and PaSST's transformers.
+Name → file, URL, network shape, front-end settings and the mAP its authors published (AudioSet
+eval set).
 
-File names and mAP values are EfficientAT's (release v0.0.1; the file name often encodes the
-mAP ×1000). No sha256 is published upstream, so `sha256` is None for all of them: fill one in
-(or pass a verified local file with --checkpoint) to have downloads verified.
+EfficientAT's files are in its release v0.0.1 (the file name often encodes the mAP ×1000);
+PaSST's are spread over several releases of kkoutini/PaSST, and their names end in the mAP
+(upstream: "ap473 refers to the performance of this model on Audioset"). No sha256 is published
+upstream, so `sha256` is None for all of them: fill one in (or pass a verified local file with
+--checkpoint) to have downloads verified.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from teacher.dymn import DyMNConfig, DynamicMobileNet
 from teacher.errors import TeacherError
 from teacher.frontend import FrontEndConfig
 from teacher.model import MNConfig, MobileNetAudio
+from teacher.passt import PaSST, PaSSTConfig
 
 RELEASE_URL = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/"
+PASST_RELEASES = "https://github.com/kkoutini/PaSST/releases/download/"
 MIRROR_ENV = "FAT_TEACHER_MIRROR"  # a folder URL holding the same file names (offline mirrors, tests)
 AUDIOSET_CLASSES = 527
 IMAGENET_CLASSES = 1000
@@ -29,8 +34,8 @@ IMAGENET_CLASSES = 1000
 class ReleasedTeacher:
     name: str
     file: str
-    width: float
     published_map: float | None  # mAP on AudioSet eval as published; None where not stated
+    width: float = 1.0  # mn / dymn only
     head: str = "mlp"
     strides: tuple[int, int, int, int] = (2, 2, 2, 2)
     n_mels: int = 128
@@ -38,22 +43,29 @@ class ReleasedTeacher:
     sha256: str | None = None
     note: str = ""
     num_classes: int = AUDIOSET_CLASSES
-    family: str = "mn"  # "mn" (teacher.model) or "dymn" (teacher.dymn)
+    family: str = "mn"  # "mn" (teacher.model), "dymn" (teacher.dymn) or "passt" (teacher.passt)
     dynamic_blocks: str = "all"  # dymn only: "all" or "replace_se"
     temperature: float = 1.0  # dymn only: the kernel-attention temperature its training ended with
     published_params_m: float | None = None  # parameters (millions) as EfficientAT's README states them
     published_macs_g: float | None = None  # multiply-accumulates per 10-s clip (billions), likewise
+    release_url: str = RELEASE_URL  # the folder URL the file lies in
+    depth: int = 12  # passt only: transformer blocks
+    patch_stride: int = 10  # passt only: patch stride, the same along frequency and time
+    input_frames: int = 998  # passt only: frames its time position embedding covers
 
     @property
     def url(self) -> str:
-        base = os.environ.get(MIRROR_ENV) or RELEASE_URL
+        base = os.environ.get(MIRROR_ENV) or self.release_url
         return urllib.parse.urljoin(base if base.endswith("/") else base + "/", urllib.parse.quote(self.file))
 
     def frontend_config(self) -> FrontEndConfig:
         return FrontEndConfig(n_mels=self.n_mels, hop_length=self.hop_length)
 
-    def model_config(self, num_classes: int | None = None) -> MNConfig | DyMNConfig:
+    def model_config(self, num_classes: int | None = None) -> MNConfig | DyMNConfig | PaSSTConfig:
         classes = num_classes or self.num_classes
+        if self.family == "passt":
+            return PaSSTConfig(num_classes=classes, depth=self.depth, stride=(self.patch_stride,) * 2,
+                               n_mels=self.n_mels, input_frames=self.input_frames)
         if self.family == "dymn":
             return DyMNConfig(width=self.width, num_classes=classes, strides=self.strides, head=self.head,
                               dynamic_blocks=self.dynamic_blocks, temperature=self.temperature)
@@ -63,11 +75,18 @@ class ReleasedTeacher:
     def build_model(self, num_classes: int | None = None) -> nn.Module:
         """The network of this entry (random weights), the one place that maps family → class."""
         cfg = self.model_config(num_classes)
+        if isinstance(cfg, PaSSTConfig):
+            return PaSST(cfg)
         return DynamicMobileNet(cfg) if isinstance(cfg, DyMNConfig) else MobileNetAudio(cfg)
 
     def architecture(self, num_classes: int) -> dict:
         """The shape facts recorded in a teacher's provenance (mn entries keep their original keys,
         so stores written before DyMN existed keep their identity)."""
+        if self.family == "passt":
+            cfg = self.model_config(num_classes)
+            return {"family": "passt", "embed_dim": cfg.embed_dim, "depth": cfg.depth, "num_heads": cfg.num_heads,
+                    "patch_size": cfg.patch_size, "stride": list(cfg.stride), "input_frames": cfg.input_frames,
+                    "num_classes": num_classes}
         arch = {"width": self.width, "head": self.head, "strides": list(self.strides), "num_classes": num_classes}
         if self.family == "dymn":
             arch.update(family="dymn", dynamic_blocks=self.dynamic_blocks, temperature=self.temperature)
@@ -144,7 +163,51 @@ _RELEASED_DYMN: tuple[ReleasedTeacher, ...] = (
     _dymn("dymn20_im", "dymn20_im.pt", 2.0, None, imagenet=True, note=_IMAGENET_NOTE),
 )
 
-RELEASED: dict[str, ReleasedTeacher] = {spec.name: spec for spec in _RELEASED + _RELEASED_DYMN}
+
+
+def _passt(name: str, release: str, file: str, mAP: float, stride: int = 10, **kw) -> ReleasedTeacher:
+    return ReleasedTeacher(name=name, file=file, published_map=mAP, family="passt", patch_stride=stride,
+                           release_url=PASST_RELEASES + release + "/", **kw)
+
+
+_SWA = "weights averaged over epochs (SWA)"
+# Names are upstream's get_model arch names (default_cfgs names for the two STFT-hop models);
+# input_frames is the time size the position embedding was made for (default_cfgs' input_size,
+# upstream's input_tdim); 10-s clips give 1000 frames at hop 320.
+_RELEASED_PASST: tuple[ReleasedTeacher, ...] = (
+    _passt("passt_s_kd_p16_128_ap486", "v.0.0.9", "passt-s-kd-ap.486.pt", 0.486,
+           note="PaSST-S trained with knowledge distillation; the best single released PaSST"),
+    _passt("passt_s_swa_p16_128_ap476", "v0.0.1-audioset", "passt-s-f128-p16-s10-ap.476-swa.pt", 0.476,
+           note=f"upstream's default; {_SWA}"),
+    _passt("passt_s_swa_p16_128_ap4761", "v0.0.2-audioset", "passt-s-f128-p16-s10-ap.4761-swa.pt", 0.4761,
+           note=f"second run; {_SWA}"),
+    _passt("passt_s_p16_128_ap472", "v0.0.2-audioset", "passt-s-f128-p16-s10-ap.472.pt", 0.472),
+    _passt("passt_s_swa_p16_s12_128_ap473", "v0.0.2-audioset", "passt-s-f128-p16-s12-ap.473-swa.pt", 0.473,
+           stride=12, note=_SWA),
+    _passt("passt_s_p16_s12_128_ap470", "v0.0.2-audioset", "passt-s-f128-p16-s12-ap.470.pt", 0.470, stride=12),
+    _passt("passt_s_swa_p16_s14_128_ap471", "v0.0.2-audioset", "passt-s-f128-p16-s14-ap.471-swa.pt", 0.471,
+           stride=14, note=_SWA),
+    _passt("passt_s_p16_s14_128_ap469", "v0.0.2-audioset", "passt-s-f128-p16-s14-ap.469.pt", 0.469, stride=14),
+    _passt("passt_s_swa_p16_s16_128_ap473", "v0.0.2-audioset", "passt-s-f128-p16-s16-ap.473-swa.pt", 0.473,
+           stride=16, note=f"patches do not overlap; {_SWA}"),
+    _passt("passt_s_p16_s16_128_ap468", "v0.0.2-audioset", "passt-s-f128-p16-s16-ap.468.pt", 0.468, stride=16,
+           note="patches do not overlap"),
+    _passt("passt_s_f128_20sec_p16_s10_ap474", "v0.0.5", "passt-s-f128-20sec-p16-s10-ap.474-swa.pt", 0.474,
+           input_frames=2000, note=f"time positions for up to 20 s (--clip-seconds 20); {_SWA}"),
+    _passt("passt_s_f128_30sec_p16_s10_ap473", "v0.0.5", "passt-s-f128-30sec-p16-s10-ap.473-swa.pt", 0.473,
+           input_frames=3000, note=f"time positions for up to 30 s (--clip-seconds 30); {_SWA}"),
+    _passt("passt_s_swa_f128_stfthop100_p16_s10_ap473", "v0.0.3-audioset",
+           "passt-s-f128-stfthop100-p16-s10-ap.473-swa.pt", 0.473, hop_length=100, input_frames=3200,
+           note=f"STFT hop 100 samples (3.125 ms); {_SWA}"),
+    _passt("passt_s_swa_f128_stfthop160_p16_s10_ap473", "v0.0.3-audioset",
+           "passt-s-f128-stfthop160-p16-s10-ap.473-swa.pt", 0.473, hop_length=160, input_frames=2000,
+           note=f"STFT hop 160 samples (5 ms); {_SWA}"),
+    _passt("passt_l_kd_p16_128_ap47", "v.0.0.10", "passt-l-kd-ap.47.pt", 0.4708, depth=7,
+           note="PaSST-L: 'light', 7 blocks, trained with knowledge distillation; the name says 0.47, "
+           "upstream's loader message 0.4708"),
+)
+
+RELEASED: dict[str, ReleasedTeacher] = {spec.name: spec for spec in _RELEASED + _RELEASED_DYMN + _RELEASED_PASST}
 
 
 @dataclass(frozen=True)
@@ -161,6 +224,30 @@ ENSEMBLES: dict[str, EnsemblePreset] = {
         ("mn40_as", "mn40_as(2)", "mn40_as(3)", "mn40_as_ext", "mn40_as_ext(2)", "mn40_as_ext(3)",
          "mn40_as_no_im_pre", "mn40_as_no_im_pre(2)", "mn40_as_no_im_pre(3)"),
         0.498, "EfficientAT's 9-model logit average",
+    ),
+    # PaSST's own ensembles (its config_updates.py), logit averages of the 10-s models
+    "passt_ensemble_many": EnsemblePreset(
+        "passt_ensemble_many",
+        ("passt_s_swa_p16_128_ap476", "passt_s_swa_p16_128_ap4761", "passt_s_p16_128_ap472",
+         "passt_s_p16_s12_128_ap470", "passt_s_swa_p16_s12_128_ap473", "passt_s_p16_s14_128_ap469",
+         "passt_s_swa_p16_s14_128_ap471", "passt_s_swa_p16_s16_128_ap473", "passt_s_p16_s16_128_ap468"),
+        0.4956, "PaSST's 9-model ensemble (strides 10-16), the source of EfficientAT's distillation targets",
+    ),
+    "passt_ensemble_5": EnsemblePreset(
+        "passt_ensemble_5",
+        ("passt_s_swa_p16_128_ap476", "passt_s_swa_p16_128_ap4761", "passt_s_swa_p16_s12_128_ap473",
+         "passt_s_swa_p16_s14_128_ap471", "passt_s_swa_p16_s16_128_ap473"),
+        0.49459, "PaSST's 5 SWA models",
+    ),
+    "passt_ensemble_4": EnsemblePreset(
+        "passt_ensemble_4",
+        ("passt_s_swa_p16_128_ap476", "passt_s_swa_p16_s12_128_ap473", "passt_s_swa_p16_s14_128_ap471",
+         "passt_s_swa_p16_s16_128_ap473"),
+        0.4926, "one SWA model per stride",
+    ),
+    "passt_ensemble_s16_14": EnsemblePreset(
+        "passt_ensemble_s16_14", ("passt_s_swa_p16_s14_128_ap471", "passt_s_swa_p16_s16_128_ap473"),
+        0.48579, "strides 14 and 16",
     ),
 }
 

@@ -1,7 +1,7 @@
-"""A ready teacher: mel front-end + network (mn or dymn) + where its weights came from.
+"""A ready teacher: mel front-end + network (mn, dymn or passt) + where its weights came from.
 
-`load_teacher("mn10_as")` (or "dymn20_as") fetches the released checkpoint into the cache (or uses
-`checkpoint=PATH`), checks that it fits the network exactly (strict: same keys and shapes) and
+`load_teacher("mn10_as")` (or "dymn20_as", "passt_s_kd_p16_128_ap486") fetches the released
+checkpoint into the cache (or uses `checkpoint=PATH`), checks that it fits the network exactly (strict: same keys and shapes) and
 returns a `Teacher` in eval mode that maps 32 kHz waveforms to raw logits.
 """
 
@@ -108,8 +108,8 @@ def load_weights(model: nn.Module, state: dict[str, Tensor], source: str) -> Non
 
 
 def checkpoint_classes(state: dict[str, Tensor]) -> int | None:
-    """Class count of an mn or dymn checkpoint from its last layer (mlp head or fully convolutional head)."""
-    for key in ("classifier.5.bias", "classifier.1.bias"):
+    """Class count of a checkpoint from its last layer (mn/dymn: mlp or fully convolutional head; PaSST: head.1)."""
+    for key in ("classifier.5.bias", "classifier.1.bias", "head.1.bias"):
         if key in state:
             return int(state[key].shape[0])
     return None
@@ -131,6 +131,8 @@ def calibrate_batchnorm(model: nn.Module, frontend: MelFrontEnd, generator: torc
     noise = noise / noise.abs().amax(dim=1, keepdim=True) + 0.1 * torch.randn(clips, samples, generator=generator)
     mel = frontend.eval()(gains * noise).unsqueeze(1)
     momenta = {m: m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    if not momenta:  # a transformer (PaSST) normalises per token: nothing to measure
+        return
     for module in momenta:
         module.reset_running_stats()
         module.momentum = None  # cumulative average over the calibration batch
