@@ -11,9 +11,11 @@ import fcntl
 import json
 import multiprocessing
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -29,9 +31,10 @@ from pipeline.clip_audio import open_clip_audio
 from pipeline.core.audio import fit_length, read_audio
 from pipeline.core.errors import FatError
 from pipeline.datafile import load_datafile
-from pipeline.packed.codecs import normalise_ogg_serial
-from pipeline.packed.format import CHUNK_BYTES
+from pipeline.packed.codecs import encode_clip, normalise_ogg_serial
+from pipeline.packed.format import CodecSettings
 from pipeline.packed.reader import PackedAudio
+from pipeline.packed.shard import seal_of
 
 RATE = 32000
 # (id, file name, rate, subtype, channels): AudioSet's own kind first, then what other datasets bring
@@ -270,7 +273,11 @@ def test_a_folder_holding_another_pack_is_refused_unless_overwrite(corpus, tmp_p
     out = tmp_path / "store"
     assert pack(corpus, out, "--shard-clips", "2") == 0
     assert pack(corpus, out, "--shard-clips", "4") == 2
-    assert "another datafile or with other settings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "another datafile or with other settings" in err and "--shard-clips 2 in the store, 4 asked" in err
+    assert pack(corpus, out, "--shard-clips", "2", "--codec", "vorbis") == 2
+    assert "--codec/--flac-level/--vorbis-quality flac level 8 in the store, vorbis quality 4.0 asked" in \
+        capsys.readouterr().err
     assert len(shard_files(out)) == 3  # untouched
     assert pack(corpus, out, "--shard-clips", "4", "--overwrite") == 0
     assert [p.name for p in shard_files(out)] == ["shard-00000-of-00002.h5", "shard-00001-of-00002.h5"]
@@ -306,9 +313,25 @@ def clip_file_offset(shard: Path, clip_id: str) -> tuple[int, int]:
     with h5(shard) as handle:
         row = list(handle["ids"].asstr()[()]).index(clip_id)
         start, stop = (int(v) for v in handle["offsets"][row:row + 2])
-        chunk = handle["audio"].id.get_chunk_info_by_coord((start // CHUNK_BYTES * CHUNK_BYTES,))
-        assert (stop - 1) // CHUNK_BYTES == start // CHUNK_BYTES  # one chunk: a small test clip
-        return chunk.byte_offset + start % CHUNK_BYTES, stop - start
+        return handle["audio"].id.get_offset() + start, stop - start  # one contiguous extent
+
+
+def reseal(store: Path, shard: Path) -> None:
+    """Record a shard's current seal in index.json, as if `fat pack` had written the edited file (the edits
+    below test the checks behind the seal)."""
+    index = json.loads((store / "index.json").read_text())
+    for entry in index["shards"]:
+        if entry["file"] == shard.name:
+            entry["seal"] = seal_of(shard).as_dict()
+    (store / "index.json").write_text(json.dumps(index))
+
+
+def unseal(store: Path) -> None:
+    """index.json as a store packed before seals has it."""
+    index = json.loads((store / "index.json").read_text())
+    for entry in index["shards"]:
+        del entry["seal"]
+    (store / "index.json").write_text(json.dumps(index))
 
 
 def test_corrupt_bytes_of_one_clip_are_an_error_naming_shard_and_clip(store_copy, corpus):
@@ -337,13 +360,19 @@ def test_bytes_that_pass_the_checksum_but_do_not_decode_are_an_error(store_copy)
         junk = np.frombuffer(b"fLaC" + bytes(range(256)) * ((stop - start) // 256 + 1), np.uint8)[:stop - start]
         handle["audio"][start:stop] = junk
         handle["crc32"][row] = zlib.crc32(junk.tobytes())
+    reseal(store_copy, shard)
     with pytest.raises(FatError, match=r"shard-00001-of-00002\.h5: clip eight_bit: its flac bytes do not decode"):
         PackedAudio(store_copy).read("eight_bit")
 
 
 def test_a_truncated_shard_is_an_error_naming_it(store_copy):
     shard = store_copy / "shard-00001-of-00002.h5"
-    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    size = shard.stat().st_size
+    shard.write_bytes(shard.read_bytes()[: size // 2])
+    with pytest.raises(FatError, match=rf"shard-00001-of-00002\.h5: the shard is damaged \({size // 2} bytes, "
+                                       rf"{size} when it was written"):
+        PackedAudio(store_copy)
+    unseal(store_copy)  # a store packed before seals: HDF5 finds it out
     with pytest.raises(FatError, match=r"shard-00001-of-00002\.h5: not a readable packed audio shard"):
         PackedAudio(store_copy)
 
@@ -379,6 +408,9 @@ def test_a_shard_or_store_of_another_datafile_is_refused(store_copy, corpus, tmp
     with pytest.raises(FatError, match=r"packed from another datafile .*repack it"):
         PackedAudio(other_store, [corpus])
     (store_copy / "shard-00001-of-00002.h5").write_bytes((other_store / "shard-00001-of-00002.h5").read_bytes())
+    with pytest.raises(FatError, match=r"shard-00001-of-00002\.h5: the shard is damaged \(.*replaced"):
+        PackedAudio(store_copy)  # its seal differs first
+    reseal(store_copy, store_copy / "shard-00001-of-00002.h5")
     with pytest.raises(FatError, match=r"shard-00001-of-00002\.h5: the shard belongs to another pack"):
         PackedAudio(store_copy)
 
@@ -386,6 +418,7 @@ def test_a_shard_or_store_of_another_datafile_is_refused(store_copy, corpus, tmp
 def test_a_codec_the_reader_does_not_know_is_an_error_naming_the_shard(store_copy):
     with h5(store_copy / "shard-00000-of-00002.h5", "r+") as handle:
         handle.attrs["codec"] = "opus"
+    reseal(store_copy, store_copy / "shard-00000-of-00002.h5")
     with pytest.raises(FatError, match=r"shard-00000-of-00002\.h5: clips are encoded as 'opus'.*cannot decode"):
         PackedAudio(store_copy)
 
@@ -393,6 +426,184 @@ def test_a_codec_the_reader_does_not_know_is_an_error_naming_the_shard(store_cop
 def test_one_id_in_two_stores_is_refused(flac_store, store_copy):
     with pytest.raises(FatError, match=r"is in both .*store/shard-.* and .*copy/shard-"):
         PackedAudio([flac_store, store_copy])
+
+
+# -- a shard's exact size and its seal -------------------------------------------------------
+
+def test_a_shard_holds_exactly_its_clips_encoded_bytes_in_one_extent(flac_store, corpus):
+    data = load_datafile(corpus)
+    encoded = {clip_id: len(encode_clip(clip_id, str(path), CodecSettings()).data)
+               for clip_id, path in zip(data.ids, data.paths, strict=True)}
+    index = json.loads((flac_store / "index.json").read_text())
+    for entry, path in zip(index["shards"], shard_files(flac_store), strict=True):
+        with h5(path) as shard:
+            clips = sum(encoded[i] for i in shard["ids"].asstr()[()])
+            blob = shard["audio"]
+            assert blob.chunks is None and blob.shape == (clips,) and blob.id.get_storage_size() == clips
+            assert entry["seal"] == {"file_bytes": path.stat().st_size, "audio_offset": blob.id.get_offset(),
+                                     "audio_bytes": clips, "metadata_sha256": entry["seal"]["metadata_sha256"]}
+        assert path.stat().st_size - clips < 16 << 10  # HDF5's structure and the per-clip columns: no padding
+
+
+def flip(path: Path, offsets: list[int]) -> None:
+    with open(path, "r+b") as handle:
+        for offset in offsets:
+            handle.seek(offset)
+            byte = handle.read(1)
+            handle.seek(offset)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_damaged_hdf5_structure_is_an_error_naming_the_shard_and_nothing_is_deleted(store_copy, flac_store,
+                                                                                        corpus, capsys):
+    shard = store_copy / "shard-00000-of-00002.h5"
+    seal = json.loads((store_copy / "index.json").read_text())["shards"][0]["seal"]
+    after_audio = seal["audio_offset"] + seal["audio_bytes"]
+    flip(shard, [seal["audio_offset"] // 2, seal["audio_offset"] - 7, (after_audio + seal["file_bytes"]) // 2])
+    before = {p.name: p.read_bytes() for p in store_copy.iterdir()}
+    with pytest.raises(FatError, match=r"shard-00000-of-00002\.h5: the shard is damaged \(the sha256 of its HDF5 "
+                                       r"structure is .*nothing was read from it"):
+        PackedAudio(store_copy)
+    for extra in ((), ("--verify-existing",)):
+        assert pack(corpus, store_copy, "--shard-clips", "4", *extra) == 2
+        err = capsys.readouterr().err
+        assert "shard-00000-of-00002.h5: the shard is damaged" in err and "--overwrite" in err, err
+        assert {p.name: p.read_bytes() for p in store_copy.iterdir()} == before  # nothing deleted or rewritten
+    assert pack(corpus, store_copy, "--shard-clips", "4", "--overwrite") == 0
+    assert shard.read_bytes() == (flac_store / shard.name).read_bytes()
+    assert (store_copy / "index.json").read_bytes() == (flac_store / "index.json").read_bytes()
+
+
+FLIP_CHILD = """
+import json, shutil, sys
+from pathlib import Path
+from pipeline.core.errors import FatError
+from pipeline.packed.reader import PackedAudio
+from pipeline.packed.settings import PackSettings
+from pipeline.packed.writer import run_pack
+
+store, work, datafile = (Path(a) for a in sys.argv[1:4])
+shard = sorted(store.glob("shard-*.h5"))[0].name
+original = (store / shard).read_bytes()
+unsealed = json.loads((store / "index.json").read_text())
+for entry in unsealed["shards"]:
+    del entry["seal"]
+for flip in sys.argv[4:]:  # "sealed:<offset>" or "unsealed:<offset>"
+    mode, offset = flip.split(":")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(store, work)
+    if mode == "unsealed":  # as a store packed before seals
+        (work / "index.json").write_text(json.dumps(unsealed))
+    data = bytearray(original)
+    data[int(offset)] ^= 0xFF
+    (work / shard).write_bytes(bytes(data))
+    outcome = {"flip": flip}
+
+    def read():
+        with PackedAudio(work) as packed:
+            for clip_id in packed.ids:
+                packed.read(clip_id)
+
+    def rerun():
+        run_pack(PackSettings(datafile=datafile, out_dir=work, shard_clips=3, workers=1, verify_existing=True))
+
+    for name, step in (("reader", read), ("rerun", rerun)):
+        try:
+            step()
+            outcome[name] = "ok"
+        except FatError as exc:
+            outcome[name] = "FatError: " + str(exc)
+        except Exception as exc:
+            outcome[name] = f"raw {type(exc).__name__}: {exc}"
+    print(json.dumps(outcome), flush=True)
+"""
+
+
+def flip_outcomes(store: Path, work: Path, datafile: Path, flips: list[str],
+                  quiet_seconds: float = 10.0) -> tuple[list[dict], list[str]]:
+    """Each flip's outcome from a child process, and the flips where the child crashed or hung inside HDF5
+    (then it is killed and a new child goes on after that flip)."""
+    outcomes, died = [], []
+    todo = list(flips)
+    while todo:
+        child = subprocess.Popen([sys.executable, "-c", FLIP_CHILD, str(store), str(work), str(datafile), *todo],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        done = 0
+        lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=lambda out=child.stdout: [lines.put(line) for line in out] + [lines.put(None)],
+                         daemon=True).start()
+        deadline = 120.0  # the first line waits for the imports too
+        while True:
+            try:
+                line = lines.get(timeout=deadline)
+            except queue.Empty:
+                child.kill()
+                break
+            if line is None:
+                break
+            outcomes.append(json.loads(line))
+            done += 1
+            deadline = quiet_seconds
+        if child.wait() == 0 and done == len(todo):
+            break
+        died.append(todo[done])
+        todo = todo[done + 1:]
+    return outcomes, died
+
+
+def test_no_byte_flip_in_a_shards_structure_escapes_as_a_raw_error(tmp_path):
+    datafile = write_corpus(tmp_path / "src", simple_sources(3), seconds=0.3)
+    store = tmp_path / "store"
+    assert pack(datafile, store, "--shard-clips", "3") == 0
+    seal = json.loads((store / "index.json").read_text())["shards"][0]["seal"]
+    after_audio = seal["audio_offset"] + seal["audio_bytes"]
+    structure = [*range(seal["audio_offset"]), *range(after_audio, seal["file_bytes"])]
+    offsets = np.random.default_rng(23).choice(structure, 80, replace=False).tolist()
+    flips = [f"sealed:{o}" for o in offsets[:40]] + [f"unsealed:{o}" for o in offsets[40:]]
+    outcomes, died = flip_outcomes(store, tmp_path / "work", datafile, flips)
+    sealed = [o for o in outcomes if o["flip"].startswith("sealed")]
+    # Sealed: every flip is found before HDF5 parses the file, by the reader and by a rerun.
+    assert len(sealed) == 40 and not [f for f in died if f.startswith("sealed")]
+    assert all(o[step].startswith("FatError: ") and "shard-00000-of-00001.h5: the shard is damaged" in o[step]
+               for o in sealed for step in ("reader", "rerun")), [o for o in sealed if "damaged" not in o["reader"]]
+    # Unsealed (packed before seals): HDF5 parses the damage; what it raises must still come out as a FatError
+    # (a crash or hang inside HDF5 is what only the seal prevents).
+    unsealed = [o for o in outcomes if o["flip"].startswith("unsealed")]
+    assert len(unsealed) + len(died) == 40
+    assert not [o for o in unsealed for step in ("reader", "rerun") if o[step].startswith("raw")]
+    assert sum(o["reader"].startswith("FatError") for o in unsealed) >= 5  # the flips did hit what HDF5 reads
+
+
+def write_chunked_like_before_seals(shard: Path) -> None:
+    """Rewrite a shard as `fat pack` wrote it before seals: the audio in 1 MiB chunks, padded."""
+    with h5(shard) as old:
+        columns = {name: old[name][()] for name in old if name != "audio"}
+        audio, attrs = old["audio"][()], dict(old.attrs)
+    with h5(shard, "w") as new:
+        new.create_dataset("ids", data=columns.pop("ids"), dtype=h5py.string_dtype("utf-8"))
+        blob = new.create_dataset("audio", shape=audio.shape, maxshape=(None,), dtype=np.uint8, chunks=(1 << 20,))
+        blob[:] = audio
+        for name, values in columns.items():
+            new.create_dataset(name, data=values)
+        new.attrs.update(attrs)
+
+
+def test_a_store_packed_before_seals_reads_with_one_warning_and_a_rerun_keeps_it(store_copy, corpus, caplog,
+                                                                                  capsys):
+    for shard in shard_files(store_copy):
+        write_chunked_like_before_seals(shard)
+    unseal(store_copy)
+    before = {p.name: p.read_bytes() for p in store_copy.iterdir()}
+    data = load_datafile(corpus)
+    with caplog.at_level("WARNING"):
+        store = PackedAudio(store_copy, [corpus])
+        for clip_id, path in zip(data.ids, data.paths, strict=True):
+            np.testing.assert_array_equal(store.read(clip_id)[0], read_audio(path)[0])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "2 shards were packed without a seal" in warnings[0], warnings
+    assert pack(corpus, store_copy, "--shard-clips", "4", "--verify-existing") == 0
+    assert "2 kept, 0 written" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in store_copy.iterdir()} == before
 
 
 # -- readers in other processes, and the one interface stages use --------------------------

@@ -2,9 +2,11 @@
 
 A store is one folder, `data/packed/<split>/`, holding
 - `index.json`: the store's identity and the list of its shards (a reader finds every shard
-  here; files in the folder that it does not list are not part of the store);
+  here; files in the folder that it does not list are not part of the store), each with its
+  seal (`pipeline.packed.seal`: file size, audio extent, sha256 of every byte outside it);
 - `shard-<i>-of-<n>.h5`: the clips of one slice of the datafile, in datafile order:
-  `ids` (N,) utf-8, `audio` one chunked uint8 blob of every clip's encoded bytes back to back,
+  `ids` (N,) utf-8, `audio` one contiguous uint8 blob of every clip's encoded bytes back to back
+  (exactly their size; stores written before seals have it in 1 MiB chunks, which read the same),
   `offsets` (N+1,) int64 into it, per clip `sample_rate` int32, `num_samples` int64,
   `channels` int16 and `crc32` uint32 of its bytes; attributes name the format, codec and
   settings, the source datafile's sha256, the shard's place, and `complete`.
@@ -26,7 +28,6 @@ from pipeline.settings import check_values, option
 
 FORMAT = "fat-packed/1"
 INDEX_NAME = "index.json"
-CHUNK_BYTES = 1 << 20  # blob chunk: reading one clip (~350 kB FLAC) touches one or two chunks
 CODECS = ("flac", "vorbis")
 LOSSLESS = frozenset({"flac"})
 DEFAULT_FLAC_LEVEL = 8  # flac -8: ~3 % fewer bytes than libsndfile's default 5, decoding as fast

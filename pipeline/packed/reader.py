@@ -7,13 +7,15 @@ and a spawned one receives it by pickle. The HDF5 files are opened lazily in whi
 reads, one handle per shard and process (a forked child never uses its parent's handles).
 
 Every read checks what it can, so a damaged store gives an error naming the shard and clip
-instead of a wrong waveform: the bytes' CRC32, that they decode, their rate and channel count,
-and (lossless) the exact sample count.
+instead of a wrong waveform: each shard's seal before HDF5 parses it (`pipeline.packed.seal`),
+then per clip the bytes' CRC32, that they decode, their rate and channel count, and (lossless)
+the exact sample count.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import zlib
 from collections.abc import Sequence
@@ -28,8 +30,10 @@ from pipeline.core.id_index import IdIndex
 from pipeline.datafile import file_sha256
 from pipeline.packed.codecs import CodecError, decode, to_mono
 from pipeline.packed.format import CODECS, FORMAT, INDEX_NAME, LOSSLESS, PER_CLIP, SHARD_NAME
-from pipeline.packed.shard import PER_CLIP_DTYPES, open_shard
-from pipeline.store import _plain
+from pipeline.packed.seal import Seal, seal_problem
+from pipeline.packed.shard import H5_ERRORS, PER_CLIP_DTYPES, dataset, open_shard, read_attrs
+
+log = logging.getLogger(__name__)
 
 
 def read_index(folder: Path) -> dict[str, Any]:
@@ -54,6 +58,12 @@ def read_index(folder: Path) -> dict[str, Any]:
             isinstance(s, dict) and SHARD_NAME.fullmatch(str(s.get("file", ""))) and isinstance(s.get("clips"), int)
             for s in shards):
         raise FatError(f"{path}: the shard list is damaged")
+    for entry in shards:
+        if "seal" in entry:
+            try:
+                Seal.from_dict(entry["seal"])
+            except ValueError:
+                raise FatError(f"{path}: the shard list is damaged (the seal of {entry['file']})") from None
     return index
 
 
@@ -78,6 +88,11 @@ class PackedAudio:
                 wanted = ", ".join(map(str, expected.values()))
                 raise FatError(f"{folder}: packed from another datafile ({index.get('datafile')}, sha256 "
                                f"{str(index.get('datafile_sha256'))[:12]}…) than {wanted}: repack it with `fat pack`")
+            unsealed = [entry["file"] for entry in index["shards"] if "seal" not in entry]
+            if unsealed:
+                log.warning("%s: %d shards were packed without a seal (by an older fat): their HDF5 structure is not "
+                            "checked before it is parsed, so damage may show as an h5py error or a crash; pack "
+                            "into an empty folder to add seals", folder, len(unsealed))
             for entry in index["shards"]:
                 shard = len(self.shard_paths)
                 path = folder / entry["file"]
@@ -177,7 +192,7 @@ class PackedAudio:
         shard = int(self.shard_of[row])
         try:
             data = self._blob(shard)[int(self.start[row]):int(self.end[row])].tobytes()
-        except (OSError, ValueError) as exc:
+        except H5_ERRORS as exc:
             where = f"{self.shard_paths[shard]}: clip {self.id_at(row)}"
             raise FatError(f"{where}: cannot read its bytes ({exc})") from None
         if zlib.crc32(data) != int(self.crc32[row]):
@@ -193,7 +208,7 @@ class PackedAudio:
         if blob is None:
             handle = open_shard(Path(self.shard_paths[shard]))
             self._handles[shard] = handle
-            blob = self._blobs[shard] = handle["audio"]
+            blob = self._blobs[shard] = dataset(handle, "audio")  # read_bytes turns an error here into a FatError
         return blob
 
     def close(self) -> None:
@@ -228,8 +243,13 @@ def _load_shard(path: Path, index: dict[str, Any], entry: dict[str, Any]) -> dic
     """A shard's ids (fixed-width utf-8), blob offsets and per-clip columns, after checking it belongs here."""
     if not path.is_file():
         raise FatError(f"{path}: a shard listed in {INDEX_NAME} is missing")
+    if "seal" in entry:
+        problem = seal_problem(path, Seal.from_dict(entry["seal"]))
+        if problem:
+            raise FatError(f"{path}: the shard is damaged ({problem}); nothing was read from it: move it away "
+                           "and rerun `fat pack` to write it again")
     with open_shard(path) as handle:
-        attrs = {key: _plain(value) for key, value in handle.attrs.items()}
+        attrs = read_attrs(path, handle)
         if attrs.get("format") != FORMAT or attrs.get("complete") is not True:
             raise FatError(f"{path}: not a complete packed audio shard (rerun `fat pack`)")
         if attrs.get("identity_sha256") != index.get("identity_sha256"):
@@ -242,11 +262,11 @@ def _load_shard(path: Path, index: dict[str, Any], entry: dict[str, Any]) -> dic
             raise FatError(f"{path}: clips are encoded as {codec!r}, which this reader cannot decode "
                            f"(known: {', '.join(CODECS)})")
         try:
-            raw_ids = handle["ids"][()]
-            offsets = np.asarray(handle["offsets"][()], dtype=np.int64)
-            blob_size = int(handle["audio"].shape[0])
-            table = {name: np.asarray(handle[name][()], dtype=PER_CLIP_DTYPES[name]) for name in PER_CLIP}
-        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raw_ids = dataset(handle, "ids")[()]
+            offsets = np.asarray(dataset(handle, "offsets")[()], dtype=np.int64)
+            blob_size = int(dataset(handle, "audio").shape[0])
+            table = {name: np.asarray(dataset(handle, name)[()], dtype=PER_CLIP_DTYPES[name]) for name in PER_CLIP}
+        except H5_ERRORS as exc:
             raise FatError(f"{path}: the shard cannot be read (corrupt? {exc})") from None
     count = len(raw_ids)
     if count != entry["clips"] or count != attrs.get("clips") or offsets.shape != (count + 1,) \
@@ -257,6 +277,10 @@ def _load_shard(path: Path, index: dict[str, Any], entry: dict[str, Any]) -> dic
         raise FatError(f"{path}: the shard's offsets do not fit its audio ({blob_size} bytes)")
     keys = np.array([i if isinstance(i, bytes) else str(i).encode("utf-8") for i in raw_ids], dtype=bytes) \
         if count else np.zeros(0, dtype="S1")
+    try:
+        np.char.decode(keys, "utf-8")  # ids are read back as text: a damaged one must fail here, naming the shard
+    except UnicodeDecodeError as exc:
+        raise FatError(f"{path}: the shard's ids are not utf-8 text (corrupt? {exc})") from None
     return {"keys": keys, "start": offsets[:-1], "end": offsets[1:], **table, "codec": codec}
 
 
