@@ -43,6 +43,8 @@ class BenchSettings:
     precision: str = precision_option()
     threads: int = threads_option()
     timm: bool = option(True, "time timm's plain forward too (--no-timm leaves its row out)")
+    compile: bool = option(False, "torch.compile the student (merging included; the timm row stays eager); each "
+                                  "r's compile time is printed apart from its clips/s")
     json: Path | None = option(None, "also write the rows to this JSON file (default: none)")
 
 
@@ -62,6 +64,24 @@ def build_model(choice: StudentChoice):  # noqa: ANN201 - (ASTModel, config dict
         return model.eval(), model.config()
     except StudentError as exc:
         raise FatError(str(exc)) from None
+
+
+def compile_before_timing(model, rs, batch: int, precision) -> dict[str, float]:  # noqa: ANN001 - torch types
+    """Compile `model` in place and build every r's graph on a batch of the timed shape;
+    {"r=<r>": seconds of the first call}, or {} when it cannot compile (one warning, eager)."""
+    import torch
+
+    from student.compile import compile_student, first_calls
+    from student.tome import format_r_spec, set_tome_r
+
+    if not compile_student(model):
+        return {}
+    device = next(model.parameters()).device
+    x = torch.randn(batch, model.input_tdim, model.input_fdim, device=device)
+    log.info("compiling r = %s (the first call at each r builds its graph)", " ".join(format_r_spec(r) for r in rs))
+    with torch.inference_mode(), precision.autocast():
+        return first_calls(lambda: model(x), [(f"r={format_r_spec(r)}", lambda r=r: set_tome_r(model, r)) for r in rs],
+                           device)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -109,16 +129,22 @@ def run(args: argparse.Namespace) -> int:
     log.info("AST %s, %d×%d input (%d tokens), batch %d, %s on %s, %d threads", config["size"],
              model.input_tdim, model.input_fdim, model.num_tokens, settings.batch, precision.name, device,
              torch.get_num_threads())
+    compile_seconds = compile_before_timing(model, rs, settings.batch, precision) if settings.compile else {}
     rows = sweep(model, rs, batch=settings.batch, rounds=settings.rounds, warmup=settings.warmup,
                  autocast=precision.autocast, include_timm=settings.timm, progress=log.info)
     print(table(rows, reference="r=0" if 0 in rs else rows[0].name))
+    if compile_seconds:
+        print("compile time (first call at each r, not in clips/s): " +
+              ", ".join(f"{name} {seconds:.1f} s" for name, seconds in compile_seconds.items()))
     if settings.json is not None:
         write_json_atomic(settings.json, {
             "model": config, "batch": settings.batch, "precision": precision.name, "device": str(device),
             "threads": torch.get_num_threads(), "machine": platform.machine(), "torch": torch.__version__,
             "rows": [{"setting": row.name, "r": None if row.r is None else format_r_spec(row.r),
                       "seconds_per_batch": row.seconds, "cpu_seconds_per_batch": row.cpu_seconds,
-                      "clips_per_s": row.clips_per_s, "gflops_per_clip": row.gflops, "tokens_out": row.tokens_out}
+                      "clips_per_s": row.clips_per_s, "gflops_per_clip": row.gflops, "tokens_out": row.tokens_out,
+                      "compile_seconds": compile_seconds.get(row.name)}
                      for row in rows],
+            "compiled": bool(compile_seconds),
         })
     return 0

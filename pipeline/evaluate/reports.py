@@ -19,7 +19,7 @@ def rows_to_json(rows: Sequence[EvalRow], context: dict[str, Any]) -> dict[str, 
     teacher: dict[str, Any] | None = None
     for row in rows:
         block: dict[str, Any] = {k: _finite(v) for k, v in row.metrics.items()}
-        for key in ("clips_per_second", "gflops", "tokens_out"):
+        for key in ("clips_per_second", "gflops", "tokens_out", "compile_seconds"):
             value = getattr(row, key)
             if value is not None:
                 block[key] = _finite(round(value, 4) if isinstance(value, float) else value)

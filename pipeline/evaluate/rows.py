@@ -20,6 +20,7 @@ class EvalRow:
     gflops: float | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None  # tokens after the last block
+    compile_seconds: float | None = None  # --compile: the first call at this r (compilation), not in clips/s
     notes: list[str] = field(default_factory=list)
 
 

@@ -19,6 +19,7 @@ from pipeline.core.errors import FatError
 from pipeline.clip_audio import open_clip_audio
 from pipeline.datafile import ClipList, LabelSet, label_csv_beside, load_clips, load_label_csv
 from pipeline.dataset import ClipDataset, DeviceInputs, collate_clips
+from pipeline.evaluate.compiled import compile_and_warm
 from pipeline.evaluate.reports import write_reports
 from pipeline.evaluate.rows import EvalRow, primary_metric
 from pipeline.evaluate.scoring import chance_map, predict_all_r, ranks_by_map
@@ -55,8 +56,9 @@ def _loader(clips: ClipList, config: dict[str, Any], batch_size: int, workers: i
 def evaluate_student(path: Path, name: str, kind: str, r_settings: Sequence[str], clips: ClipList,
                      targets: np.ndarray, num_classes: int, timing: TimingSettings, workers: int,
                      label_sha256: str | None, metric: str = "auto",
-                     packed: Sequence[Path] = ()) -> tuple[list[EvalRow], dict[str, Any]]:
-    """Rows (one per r) for one student checkpoint; also returns its config."""
+                     packed: Sequence[Path] = (), compile: bool = False) -> tuple[list[EvalRow], dict[str, Any]]:
+    """Rows (one per r) for one student checkpoint; also returns its config. `compile`: torch.compile
+    first, every r's graph built (and timed apart) before scoring."""
     model, config = load_student(path, map_location=timing.device)
     if int(config["num_classes"]) != num_classes:
         raise FatError(f"{path}: the student predicts {config['num_classes']} classes, the eval labels have {num_classes}")
@@ -72,8 +74,10 @@ def evaluate_student(path: Path, name: str, kind: str, r_settings: Sequence[str]
             raise FatError(f"--r {r}: {exc}") from None
     loader = _loader(clips, config, timing.batch_size, workers, packed)
     inputs = DeviceInputs(student_features(config), timing.device)  # the features fat train computes
+    batch = timing_batch(loader, inputs, timing.batch_size)
+    compile_seconds = compile_and_warm(model, batch, r_settings, timing, name) if compile else {}
     scores, _ = predict_all_r(model, loader, inputs, r_settings, timing)
-    speeds = measure_throughput(model, timing_batch(loader, inputs, timing.batch_size), r_settings, timing)
+    speeds = measure_throughput(model, batch, r_settings, timing)
     rows = []
     for r in r_settings:
         spec = parse_r_spec(r)
@@ -81,7 +85,7 @@ def evaluate_student(path: Path, name: str, kind: str, r_settings: Sequence[str]
         rows.append(EvalRow(
             name=name, kind=kind, r=r, metrics=score(targets, scores[r], multi_label), clips=len(clips),
             clips_per_second=speed, gflops=analytic_gflops(model, spec), tokens_in=model.num_tokens,
-            tokens_out=tokens_per_layer(model, spec)[-1],
+            tokens_out=tokens_per_layer(model, spec)[-1], compile_seconds=compile_seconds.get(r),
         ))
         log.info("%s r=%s: %s %.4f, %.1f clips/s, %.3f GFLOPs/clip, %d→%d tokens", name, r, primary_metric(multi_label),
                  rows[-1].metrics.get(primary_metric(multi_label), float("nan")), speed, rows[-1].gflops,
@@ -107,13 +111,13 @@ def run_evaluation(settings: EvaluateSettings) -> list[EvalRow]:
         store = open_teacher_store(settings.teacher_logits, len(labels), settings.allow_incomplete_teacher, label_sha)
     rows, config = evaluate_student(settings.checkpoint, "student", "student", settings.r, clips, targets,
                                     len(labels), timing, settings.workers, label_sha, settings.metric,
-                                    settings.packed)
+                                    settings.packed, compile=settings.compile)
     multi_label = ranks_by_map(settings.metric, config, targets, clips)
     for other in settings.compare:
         # Compared students are scored with the main student's metric, whatever they were trained with.
         other_rows, _ = evaluate_student(
             other, _compare_name(other), "compare", ("0",), clips, targets, len(labels), timing, settings.workers,
-            label_sha, "map" if multi_label else "accuracy", settings.packed)
+            label_sha, "map" if multi_label else "accuracy", settings.packed, compile=settings.compile)
         rows += other_rows
     if store is not None:
         teacher = teacher_row(store, ids, targets, multi_label)

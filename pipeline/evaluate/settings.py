@@ -50,6 +50,9 @@ class EvaluateSettings:
     threads: int = threads_option()
     workers: int = option(0, "DataLoader worker processes for audio decoding (0: in-process)", minimum=0)
     limit: int | None = option(None, "evaluate only the first N clips (default: all)", minimum=1, metavar="N")
+    compile: bool = option(False, "torch.compile the student (merging included) for scoring and timing; each r's "
+                                  "compile time is reported apart (eval.json compile_seconds), eager with a warning "
+                                  "where it cannot compile")
     out_dir: Path = option(Path("reports"), "folder for eval.json, eval.md, tradeoff.png")
 
     def __post_init__(self) -> None:

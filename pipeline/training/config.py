@@ -134,6 +134,8 @@ class TrainConfig:
     eval_batch_size: int = option(0, "validation batch (0 = 2 × --batch-size)", unit="clips", minimum=0,
                                   group=RUNTIME)
     threads: int = threads_option(group=RUNTIME)
+    compile: bool = option(False, "torch.compile the student (merging included): the first steps build the graphs; "
+                                  "eager with a warning where it cannot compile", group=RUNTIME)
     seed: int = option(0, "seed of initial weights, sampling and augmentation", group=RUNTIME, resume=False)
     resume: bool = option(
         False, "continue the run saved in --out exactly where it stopped (fresh start if none)", group=RUNTIME)

@@ -174,6 +174,10 @@ class Trainer:
             model.set_grad_checkpointing(True)
         self.model = model.to(self.context.device)
         self.head_init = self.init_head(self.model)  # on the device: the calibration runs the model once
+        if cfg.compile:
+            from student.compile import compile_student
+
+            compile_student(self.model)  # in place: the saved weights and their keys stay the plain model's
         self.ddp = self.model
         if self.context.distributed:
             device_ids = [self.context.device.index] if self.context.device.type == "cuda" else None
