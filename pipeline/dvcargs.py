@@ -12,6 +12,10 @@ spelling onto the options, from the settings' own field list, before argparse se
 - `--key None` (a YAML null) → dropped: the option keeps its default.
 Tokens that do not name an option of the command are left alone, so ids that start with `-`
 and anything argparse would reject are unaffected.
+- After an option declared `dash_values` (`fat predict --id`), every token up to the next one
+  that names an option of the command is one of its values, even one that starts with `-`
+  (AudioSet ids such as `--4gqARaEJE0`): `--id -a b` → `--id=-a --id=b`, which argparse cannot
+  mistake for options.
 
 A list in params.yaml where one value belongs (`train.lr: [0.001, 0.002]`) reaches argparse as
 `--lr 0.001 0.002`, which it reports as "unrecognized arguments: 0.002"; `one_value_given_many`
@@ -47,6 +51,14 @@ def _lookup(table: Mapping[str, Option], name: str) -> Option | None:
     return table.get(name) or table.get("--" + name[2:].replace("_", "-"))
 
 
+def _names_option(table: Mapping[str, Option], token: str) -> bool:
+    """True when `token` is an option of the command (help, --x, --no-x, DVC's --x_y), not a value."""
+    name = token.partition("=")[0]
+    if name in ("-h", "--help") or _lookup(table, name) is not None:
+        return True
+    return name.startswith("--no-") and _lookup(table, "--" + name[len("--no-"):]) is not None
+
+
 def normalise_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
     """`argv` with DVC's spelling of the command's options mapped onto their real names.
 
@@ -72,6 +84,13 @@ def normalise_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list
             continue
         name, eq, value = token.partition("=")
         opt = _lookup(table, name)
+        if opt is not None and opt.spec.dash_values and not eq:
+            values = []
+            while i < len(tokens) and tokens[i] != "--" and not _names_option(table, tokens[i]):
+                values.append(tokens[i])
+                i += 1
+            out += [f"{opt.flag}={value}" for value in values] or [opt.flag]  # none: argparse says one is needed
+            continue
         if opt is not None:
             if not eq and not opt.is_bool and i < len(tokens) and tokens[i] == "None":
                 i += 1  # YAML null: leave the option at its default

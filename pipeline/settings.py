@@ -59,6 +59,7 @@ class Spec:
     parse: Callable[[str], Any] | None = None  # argparse `type`; default: from the annotation
     exclusive: str | None = None  # options sharing this name exclude each other
     nested: bool = False  # the field is a settings dataclass whose fields are options themselves
+    dash_values: bool = False  # list values may start with '-' (clip ids): pipeline.dvcargs binds them to the option
 
     def flag_of(self, name: str) -> str:
         return self.flag or "--" + name.replace("_", "-")
@@ -253,6 +254,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> argparse.Argument
                 kwargs["nargs"] = spec.nargs
             elif opt.many and spec.parse is None:  # a `parse` function reads the whole value from one token
                 kwargs["nargs"] = "+"
+            if spec.dash_values:  # normalise_argv hands over `--id=-x --id=y`: each adds its value
+                kwargs["action"] = "extend"
         if spec.positional:
             if opt.required:
                 del kwargs["default"]

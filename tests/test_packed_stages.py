@@ -164,3 +164,19 @@ def test_predict_tags_clips_of_a_packed_store_by_id(logits_corpus, tmp_path, cap
     assert main(["predict", "--packed", str(store), "--id", "no-such-id", *common]) == 2
     assert "no-such-id" in capsys.readouterr().err
     assert main(["predict", "--id", first["id"], *common]) == 2
+
+
+def test_predict_takes_ids_that_start_with_a_dash(logits_corpus, tmp_path, capsys):
+    """AudioSet ids may start with '-' or '--' (the help's own example): after --id they are ids, not options."""
+    entries = json.loads(logits_corpus["eval"].read_text())["data"][:3]
+    dashed = ["--4gqARaEJE0", "-0Qx2kCxA7s", "plain-id"]
+    datafile = logits_corpus["eval"].with_name("dashed.json")
+    datafile.write_text(json.dumps({"data": [{**e, "id": i} for e, i in zip(entries, dashed, strict=True)]}))
+    store = pack(datafile, tmp_path / "dashed")
+    capsys.readouterr()
+    common = ["--teacher", "mn01_as", "--random-init", "--window", "0.5", "--json", "--device", "cpu"]
+    assert main(["predict", "--packed", str(store), "--id", *dashed, *common]) == 0
+    assert [f["path"] for f in json.loads(capsys.readouterr().out)["files"]] == [f"id {i}" for i in dashed]
+    assert main(["predict", "--packed", str(store), "--id=-0Qx2kCxA7s", "--json", "--random-init", "--teacher",
+                 "mn01_as", "--window", "0.5", "--device", "cpu"]) == 0
+    assert [f["path"] for f in json.loads(capsys.readouterr().out)["files"]] == ["id -0Qx2kCxA7s"]
