@@ -20,6 +20,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from student.errors import StudentError
+from student.schedule import FileSchedule, check_schedule, is_schedule_path, read_schedule
 
 # An r setting: a constant, one value per layer, or ToMe's (r, inflection) schedule where
 # inflection −1 is the paper's decreasing schedule, 0 constant, +1 increasing.
@@ -41,6 +42,8 @@ def parse_r(num_layers: int, r: RSpec) -> list[int]:
         step = (high - low) / max(num_layers - 1, 1)
         values = [int(low + step * i) for i in range(num_layers)]
     elif isinstance(r, (list, tuple)):
+        if isinstance(r, FileSchedule) and len(r) != num_layers:  # a file must fit: never padded
+            raise StudentError(f"{r.path}: the schedule has {len(r)} merge counts but the model has {num_layers} blocks")
         values = list(r)
         if len(values) > num_layers:
             raise StudentError(f"per-layer r has {len(values)} values but the model has {num_layers} blocks")
@@ -54,8 +57,11 @@ def parse_r(num_layers: int, r: RSpec) -> list[int]:
 
 
 def parse_r_spec(text: str) -> RSpec:
-    """Command-line / params form of r: "16", "16,16,8" (per layer) or "16:-1" (r:inflection schedule)."""
+    """Command-line / params form of r: "16", "16,16,8" (per layer), "16:-1" (r:inflection schedule) or the
+    path of a schedule file (student.schedule: a .json name, or an existing file)."""
     text = str(text).strip()
+    if is_schedule_path(text):
+        return read_schedule(text)
     try:
         if ":" in text:
             base, inflection = text.split(":", 1)
@@ -85,6 +91,8 @@ def set_tome_r(model: nn.Module, r: RSpec, prop_attn: bool | None = None) -> lis
     for block in blocks:
         _check_block(block)
     values = parse_r(len(blocks), r)
+    if isinstance(r, FileSchedule):
+        check_schedule(r, len(blocks), model.num_tokens)
     model.tome_r = values
     if prop_attn is not None:
         model.tome_prop_attn = bool(prop_attn)
@@ -114,11 +122,13 @@ class MergeState:
     `size`: (B, N, 1) float32, patches each token stands for (None until the first merge).
     `owner`: (B, N0) long, index of the current token that holds each input token (traced only).
     `tokens`: tokens after each block.
+    `margins`: None, or a list each merge appends its (B,) `decision_margins` to (checking an export).
     """
 
     size: torch.Tensor | None = None
     owner: torch.Tensor | None = None
     tokens: list[int] = field(default_factory=list)
+    margins: list[torch.Tensor] | None = None
 
     @classmethod
     def start(cls, x: torch.Tensor, trace: bool = False) -> "MergeState":
@@ -166,13 +176,13 @@ class Matching:
         return pos
 
 
-def bipartite_soft_matching(metric: torch.Tensor, r: int, protect_cls: bool = True,
-                            protect_dist: bool = True) -> Matching | None:
+def bipartite_soft_matching(metric: torch.Tensor, r: int, protect_cls: bool = True, protect_dist: bool = True,
+                            margins: list[torch.Tensor] | None = None) -> Matching | None:
     """Pick the r most similar (A, B) pairs by cosine similarity of `metric` (B, N, C); None if nothing merges.
 
     Tokens alternate A, B, A, B…; each A token proposes its most similar B token and the r A
     tokens with the best proposals are merged. The class token (A0) never moves, nothing is merged
-    into the distillation token (B0).
+    into the distillation token (B0). `margins`, if a list, gets this matching's `decision_margins`.
     """
     num_tokens = metric.shape[1]
     r = min(r, (num_tokens - int(protect_cls) - int(protect_dist)) // 2)
@@ -189,9 +199,32 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, protect_cls: bool = Tr
         order = best.argsort(dim=-1, descending=True)[..., None]
         unmerged, sources = order[:, r:], order[:, :r]
         targets = best_b[..., None].gather(1, sources)
+        if margins is not None:
+            margins.append(decision_margins(scores, best, order[..., 0], r, ordered=not protect_cls))
         if protect_cls:
             unmerged = unmerged.sort(dim=1)[0]
     return Matching(unmerged, sources, targets, keep_dist_second=protect_dist)
+
+
+def decision_margins(scores: torch.Tensor, best: torch.Tensor, order: torch.Tensor, r: int,
+                     ordered: bool = False) -> torch.Tensor:
+    """(B,) how near each clip's matching came to another: the smallest gap between a score that won and
+    the one it beat (a merged A token's best B against its second best; the r-th best proposal against
+    the (r+1)-th; with `ordered`, every neighbour in the proposal order, which then sets the token order).
+
+    A gap within float rounding is a tie: another exact implementation (ONNX Runtime, float64) may merge
+    differently and give other, equally right logits; why `fat export` judges such clips apart. NaN
+    scores (a zero metric) decide nothing either: their gap is 0.
+    """
+    if scores.shape[-1] >= 2:
+        top = scores.topk(2, dim=-1).values
+        choice = (top[..., 0] - top[..., 1]).gather(1, order[:, :r]).amin(dim=1)
+    else:
+        choice = torch.full_like(best[:, 0], torch.inf)
+    ranked = best.gather(1, order)
+    gaps = ranked[:, :-1] - ranked[:, 1:]
+    rank = gaps.amin(dim=1) if ordered else gaps[:, r - 1]
+    return torch.minimum(choice, rank).nan_to_num(nan=0.0)
 
 
 def merge_weighted(matching: Matching, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,7 +268,7 @@ def tome_block(block: nn.Module, x: torch.Tensor, r: int, state: MergeState, pro
         bias = state.size.log()[:, None, None, :, 0]  # (B, 1, 1, N): + log size on every key
     attended, metric = _attention(block.attn, block.norm1(x), bias)
     x = x + block.drop_path1(block.ls1(attended))
-    matching = bipartite_soft_matching(metric, r, protect_cls, protect_dist) if r > 0 else None
+    matching = bipartite_soft_matching(metric, r, protect_cls, protect_dist, state.margins) if r > 0 else None
     if matching is not None:
         if state.owner is not None:
             state.owner = matching.new_positions(x.shape[1]).gather(1, state.owner)

@@ -8,6 +8,7 @@ A small random student keeps the exports quick; the graph is the same at any siz
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pipeline.checkpoint import load_student, read_student_file, save_student
 from pipeline.cli import main
 from pipeline.core.errors import FatError
 from student import create_ast
+from student.ast import ASTModel
 from student.tome import set_tome_r, tokens_per_layer
 
 FRAMES = 200  # 12 × 19 patches + 2 = 230 tokens: r = 32 still merges in every block
@@ -205,3 +207,185 @@ def test_predict_runs_the_onnx_file_like_the_student(tmp_path: Path, student_pt:
         assert max(abs(x["probability"] - y["probability"]) for x, y in zip(a["top"], b["top"])) <= 1e-4
     assert main(["predict", str(wav), "--model", f"onnx:{exported}", "--r", "8"]) == 2
     assert "exported with r = 16" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ ties in the token merging
+
+
+class ExportsWrong(ASTModel):
+    """A student whose traced graph is not its eager self (logits + 1e-3 only while exporting):
+    the kind of export the read-back check is there to refuse."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(x)
+        return logits + 1e-3 if torch.compiler.is_exporting() else logits
+
+
+def tie_student(triples: int = 8) -> ASTModel:
+    """The small student with ties planted in the first clip `fat export` checks on (its probe).
+
+    For that clip, the position embedding sets the tokens of `triples` (A, B1, B2) places to chosen
+    vectors, and block 0's keys have no bias, so the merge metric is linear in them: B2's metric is
+    B1's mirrored about A's line, and A is as similar to B1 as to B2 in exact arithmetic. float32
+    rounding picks one per triple, each implementation its own way (eager torch and ONNX Runtime
+    1.31 here differ by ~1e-3 in that clip's logits; before ties were judged apart, the export was
+    refused). B1 is A plus noise, so A's proposal is among the best: the tie decides a merge.
+    """
+    from pipeline.export import _probe
+
+    torch.manual_seed(3)
+    model = create_ast("custom", 5, 128, FRAMES, embed_dim=64, depth=2, num_heads=4).eval()
+    dim, heads = model.embed_dim, model.num_heads
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        attn = model.v.blocks[0].attn
+        attn.qkv.bias[dim:2 * dim] = 0
+        keys = attn.qkv.weight[dim:2 * dim].double().reshape(heads, dim // heads, dim).mean(0)  # metric = keys @ y
+        # ... and mean(y) = 0, so that LayerNorm keeps y's direction
+        zero_mean = torch.cat((keys, torch.ones(1, dim, dtype=torch.float64)))
+        patches = model.v.patch_embed(_probe(model)[:1].unsqueeze(1).transpose(2, 3))[0].double()
+        pos = model.v.pos_embed[0].double()
+        for j in range(triples):
+            a, b1, b2 = 10 + 12 * j, 11 + 12 * j, 13 + 12 * j  # even = A, odd = B
+            ya = torch.randn(dim, generator=generator, dtype=torch.float64)
+            ya -= ya.mean()
+            yb1 = ya + 0.3 * torch.randn(dim, generator=generator, dtype=torch.float64)
+            yb1 -= yb1.mean()
+            ma, mb1 = keys @ ya, keys @ yb1
+            line = ma / ma.norm()
+            mirrored = 2 * (mb1 @ line) * line - mb1
+            yb2 = torch.linalg.lstsq(zero_mean, torch.cat((mirrored, mirrored.new_zeros(1)))).solution
+            for place, y in ((a, ya), (b1, yb1), (b2, yb2)):
+                pos[place] = y - patches[place - 2]  # token = patch embedding + position = y
+        model.v.pos_embed[0] = pos.float()
+    return model
+
+
+@pytest.fixture(scope="module")
+def tie_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tie") / "student.pt"
+    save_student(path, tie_student(), CONFIG, {"epochs": 1})
+    return path
+
+
+def test_reference_is_the_students_forward_and_finds_the_planted_ties(tie_pt: Path) -> None:
+    from pipeline.export import _probe
+    from student.export import TIE_MARGIN, reference
+
+    model, _ = load_student(tie_pt)
+    probe = _probe(model)
+    ref = reference(model, probe, 16)
+    logits, _ = eager(tie_pt, 16, probe)
+    assert np.array_equal(ref.logits, logits)  # the check compares with the student's own forward
+    assert ref.tied.tolist() == [True, False, False] and ref.block[0] == 0 and ref.margin[0] < TIE_MARGIN
+    assert (ref.margin[1:] > 1e-4).all()  # random clips are far from a tie: scores differ by > 100 × TIE_MARGIN
+    plain = reference(model, probe, 0)
+    assert np.isinf(plain.margin).all() and (plain.block == -1).all() and not plain.tied.any()
+
+
+@pytest.mark.parametrize("kind", ["onnx", "torch-export"])
+def test_a_merge_tie_does_not_refuse_a_right_export(tmp_path: Path, tie_pt: Path, kind: str, capsys, caplog) -> None:
+    """A tie in the probe's first clip: the export is judged on tie-free clips and kept; a difference the
+    tie explains is named as one (the onnx file differs there on this machine; torch.export's does not)."""
+    out = tmp_path / ("tie.onnx" if kind == "onnx" else "tie.pt2")
+    caplog.set_level(logging.INFO)
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(tie_pt), "--format", kind, "--r", "16", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)  # stdout is the report alone: nothing of the exporters'
+    assert out.is_file() and report["max_logit_difference"] <= 1e-4
+    assert report["tie_free_clips"] >= 3 and report["probe_clips"] == report["tie_free_clips"] + 1
+    for tie in report["tie_clips"]:  # only the planted clip may differ, and only as a tie
+        assert (tie["clip"], tie["block"]) == (0, 0) and tie["score_gap"] < 1e-5 and tie["logit_difference"] > 1e-4
+        assert "probe clip 0 differs from the student by" in caplog.text and "because of a tie" in caplog.text
+    # quiet: not a line of torch.onnx / onnxscript / onnx_ir's log reached the user
+    assert captured.err == ""
+    assert [record.name for record in caplog.records if not record.name.startswith("pipeline")] == []
+    x = fbank(3, seed=21)  # and the kept file is the student, on clips without ties
+    logits, _ = eager(tie_pt, 16, x)
+    if kind == "onnx":
+        from pipeline.export import OnnxStudent
+
+        got = OnnxStudent(out, r=16).logits(x.numpy())
+    else:
+        from student.export import load_program
+
+        with torch.no_grad():
+            got = load_program(out, r=16)[0](x).numpy()
+    assert np.abs(got - logits).max() <= 1e-4
+
+
+def test_a_wrong_graph_is_refused_even_beside_a_tie(tmp_path: Path, tie_pt: Path) -> None:
+    from pipeline.export import export_graph
+
+    tied, config = load_student(tie_pt)
+    wrong = ExportsWrong("custom", 5, 128, FRAMES, embed_dim=64, depth=2, num_heads=4).eval()
+    wrong.load_state_dict(tied.state_dict())
+    out = tmp_path / "wrong.pt2"
+    with pytest.raises(FatError, match=r"wrong.pt2: logits differ from the student's by 1\.0\de-03 \(> 0.0001\) "
+                                       r"on probe clip [1-9]\d*, whose token merging has no tie \(its closest merge "
+                                       r"decision, in block \d, won by .*\); nothing written"):
+        export_graph(wrong, config, out, "torch-export", 16)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_differences_where_every_clip_is_tied_are_refused() -> None:
+    """Keys that ignore the input make every similarity equal: each clip's merging is all ties, no clip can
+    tell a wrong graph from a tie, and a graph that differs is refused, saying why."""
+    from pipeline.export import MAX_EXTRA_PROBES, check_graph
+    from student.export import export_program
+
+    torch.manual_seed(3)
+    wrong = ExportsWrong("custom", 5, 128, 96, embed_dim=64, depth=2, num_heads=4).eval()  # 12 × 9 patches
+    with torch.no_grad():
+        for block in wrong.v.blocks:
+            block.attn.qkv.weight[64:128] = 0  # every key is the bias: one direction for all tokens
+            block.attn.qkv.bias[64:128] = 1
+    module = export_program(wrong, 16).module()
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return module(x).numpy()
+
+    with pytest.raises(FatError, match=rf"g.onnx: logits differ from the student's by 1\.0\de-03 \(> 0.0001\), "
+                                       rf"and every one of the {3 + MAX_EXTRA_PROBES} probe clips has a tie in its "
+                                       r"token merging \(e.g. clip 0, block 0: two similarity scores 0.0e\+00 apart"):
+        check_graph("g.onnx", wrong, 16, run)
+
+
+def test_the_exporters_log_is_shown_only_when_asked(capsys, caplog) -> None:
+    """`fat export --verbose` (or `fat -v export`) lets the exporters' log through; a failed export
+    shows it anyway."""
+    import warnings
+
+    from pipeline.cli import build_parser
+    from student.export import exporter_output
+
+    def chatter() -> None:
+        logging.getLogger("onnxscript.rewriter").info("Replaced initializer 'val_9'")
+        logging.getLogger("onnx_ir.passes").info("Removed 4 unused nodes")
+        print("[torch.onnx] Obtain model graph")
+        warnings.warn("isinstance(treespec, LeafSpec) is deprecated", FutureWarning, stacklevel=1)
+
+    caplog.set_level(logging.INFO)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with exporter_output(verbose=False):
+            chatter()
+        assert shown == [] and caplog.records == [] and capsys.readouterr() == ("", "")
+        with exporter_output(verbose=True):
+            chatter()
+        assert len(shown) == 1 and "Replaced initializer" in caplog.text
+        assert "Obtain model graph" in capsys.readouterr().out
+        caplog.clear()
+        with pytest.raises(RuntimeError, match="exporter broke"), exporter_output(verbose=False):
+            chatter()
+            raise RuntimeError("exporter broke")
+        err = capsys.readouterr().err
+        assert "Replaced initializer 'val_9'" in err and "Obtain model graph" in err
+    assert logging.getLogger("onnxscript.rewriter").propagate  # the loggers are given back as they were
+    parser = build_parser()
+    assert parser.parse_args(["export", "--verbose"]).exporter_log
+    parsed = parser.parse_args(["-v", "export"])
+    assert parsed.verbose and not parsed.exporter_log  # the global -v is not overwritten by export's own flag
+

@@ -25,6 +25,8 @@ class ExportSettings:
                     metavar="R")
     labels: Path | None = option(None, "label CSV for the class names of --format hf (default: LABEL_0, LABEL_1, ...)")
     optimize: bool = option(True, "run the ONNX exporter's graph optimisation (--no-optimize skips it)")
+    exporter_log: bool = option(False, "show what torch.export / torch.onnx / onnxscript log while exporting "
+                                       "(hundreds of lines; also `fat -v export`)", flag="--verbose")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +34,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         subparsers, "export", "write a trained student as safetensors, a Hugging Face AST, ONNX or torch.export",
         description=(
             "Export a trained student; every file is read back and its logits compared with the student's own\n"
-            "(max difference ≤ 1e-4 on random fbank, printed) before it is put in place.\n"
+            "(max difference ≤ 1e-4 on random fbank, printed) before it is put in place. With token merging,\n"
+            "clips whose merging holds a tie (two similarity scores within float rounding) may merge either\n"
+            "way in another exact implementation: the file is judged on tie-free clips, and a tie clip that\n"
+            "differs is named in a warning and in the report's tie_clips.\n"
             "  safetensors   our student file without pickle (load_student / fat predict --model student:PATH)\n"
             "  hf            ASTForAudioClassification folder for transformers (plain AST: no token merging)\n"
             "  onnx          model from fbank (batch, frames, mel bins) to logits, merge rate --r baked in, dynamic\n"
@@ -81,6 +86,7 @@ def run(namespace: argparse.Namespace) -> int:
     out = args.out or default_out(args.checkpoint, args.format, args.r)
     if out.resolve() == args.checkpoint.resolve():
         raise FatError(f"{out}: is the checkpoint itself; choose another --out")
+    verbose = args.exporter_log or bool(getattr(namespace, "verbose", False))
     report: dict[str, object] = {"format": args.format, "out": str(out), "checkpoint": str(args.checkpoint)}
     if args.format == "safetensors":
         extra = {} if hf.is_hf_checkpoint(args.checkpoint) else read_student_file(args.checkpoint)["extra"]
@@ -90,9 +96,10 @@ def run(namespace: argparse.Namespace) -> int:
     elif args.format == "hf":
         report["max_logit_difference"] = export_hf(model, config, out, args.labels)
     else:
-        gap, info = export_graph(model, config, out, args.format, r, optimize=args.optimize)
-        report.update(max_logit_difference=gap, tome_r=info["tome_r"], tome_r_per_layer=layers,
-                      tokens_per_layer=info["tokens_per_layer"],
-                      input=info["input"])
+        check, info = export_graph(model, config, out, args.format, r, optimize=args.optimize, verbose=verbose)
+        report.update(max_logit_difference=check["max_logit_difference"], tome_r=info["tome_r"],
+                      tome_r_per_layer=layers, tokens_per_layer=info["tokens_per_layer"], input=info["input"],
+                      probe_clips=check["probe_clips"], tie_free_clips=check["tie_free_clips"],
+                      tie_clips=check["tie_clips"])
     print(json.dumps(report, indent=2))
     return 0
