@@ -389,3 +389,97 @@ def test_the_exporters_log_is_shown_only_when_asked(capsys, caplog) -> None:
     parsed = parser.parse_args(["-v", "export"])
     assert parsed.verbose and not parsed.exporter_log  # the global -v is not overwritten by export's own flag
 
+
+# ------------------------------------------------------------------ where exports go: outside DVC's outputs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dvc_outputs_read_from_the_files_are_the_ones_dvc_resolves(tmp_path: Path) -> None:
+    """pipeline.dvc_outputs parses dvc.yaml itself (params, foreach): it must find what DVC finds."""
+    import os
+    import shutil
+
+    from dvc.repo import Repo
+
+    from pipeline.dvc_outputs import stage_outputs
+
+    repo = tmp_path / "repo"
+    (repo / ".dvc").mkdir(parents=True)
+    for name in ("dvc.yaml", "params.yaml", ".dvc/config"):
+        shutil.copy2(ROOT / name, repo / name)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    with Repo(str(repo)) as dvc_repo:
+        expected = {(stage.name, os.path.relpath(out.fs_path, dvc_repo.root_dir))
+                    for stage in dvc_repo.index.stages for out in stage.outs}
+    found = {(output.stage, str(output.out.relative_to(repo.resolve()))) for output in stage_outputs(repo)}
+    assert ("train", "models/student") in expected
+    assert found == expected
+
+
+def test_exports_default_outside_dvc_outputs_and_warn_inside_one(tmp_path: Path, student_pt: Path, monkeypatch,
+                                                                   caplog) -> None:
+    """An export into models/student/ vanished at the next `dvc repro` (train cached: checked out again)."""
+    import shutil
+
+    from pipeline.dvc_outputs import dvc_output_holding
+
+    repo = tmp_path / "project"
+    (repo / ".dvc").mkdir(parents=True)
+    (repo / "params.yaml").write_text("train:\n  out: models/run\nsplits: [a, b]\n")
+    (repo / "dvc.yaml").write_text(
+        "stages:\n"
+        "  train:\n    cmd: fat train\n    outs:\n      - ${train.out}\n"
+        "  pack:\n    foreach: ${splits}\n    do:\n      cmd: fat pack ${item}\n      outs:\n"
+        "        - data/packed/${item}:\n            persist: true\n")
+    (repo / "models/run").mkdir(parents=True)
+    shutil.copy2(student_pt, repo / "models/run/student.pt")
+    monkeypatch.chdir(repo)
+    caplog.set_level(logging.WARNING)
+    assert main(["export", "--checkpoint", "models/run/student.pt", "--format", "safetensors"]) == 0
+    assert (repo / "models/exports/run/student.safetensors").is_file() and caplog.text == ""
+    assert main(["export", "--checkpoint", "models/run/student.pt", "--format", "safetensors",
+                 "--out", "models/run/copy.safetensors"]) == 0  # asked for: written, with a warning
+    assert (repo / "models/run/copy.safetensors").is_file()
+    assert f"models/run/copy.safetensors: inside {repo.resolve() / 'models/run'}, an output of DVC stage 'train'" \
+        in caplog.text
+    assert dvc_output_holding(Path("data/packed/b/shard0.h5")).stage == "pack@b"
+    assert dvc_output_holding(Path("data/packed")) is None and dvc_output_holding(Path("models/exports/x")) is None
+    (repo / "dvc.yaml").write_text("stages: [not, a, mapping")  # unreadable: no warning, no error
+    assert dvc_output_holding(Path("models/run/x")) is None
+
+
+def test_the_readme_export_examples_run_on_the_demo_layout() -> None:
+    """Each `fat export` / `fat predict` line of the README's export block parses, reads a label CSV the
+    demo pipeline writes, writes outside every DVC output where its comment says, and predict runs
+    the file the onnx line wrote."""
+    import re
+    import shlex
+
+    from pipeline.cli import build_parser
+    from pipeline.commands.export import ExportSettings, default_out
+    from pipeline.dvc_outputs import dvc_output_holding
+    from pipeline.settings import from_args
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"A trained student goes out with `fat export`.*?```\n(.*?)```", text, flags=re.S)
+    assert block, "the README's export block moved: update this test"
+    lines = [line for line in block.group(1).splitlines() if line.startswith("fat ")]
+    parser, written = build_parser(), {}
+    for line in lines:
+        command, _, comment = line.partition("#")
+        argv = shlex.split(command)[1:]
+        if argv[0] == "predict":
+            model = argv[argv.index("--model") + 1]
+            assert model.startswith("onnx:") and model[len("onnx:"):] == written["onnx"], line
+            continue
+        args = from_args(ExportSettings, parser.parse_args(argv))
+        assert dvc_output_holding(ROOT / args.checkpoint).stage == "train", line
+        out = args.out or default_out(args.checkpoint, args.format, args.r)
+        written[args.format] = str(out)
+        assert dvc_output_holding(ROOT / out) is None, line
+        assert comment.split()[0].rstrip(":/") == str(out), line
+        if args.labels is not None:
+            holder = dvc_output_holding(ROOT / args.labels)
+            assert holder is not None and holder.stage == "metadata", line  # fat metadata writes it there
+    assert set(written) == {"safetensors", "hf", "onnx", "torch-export"}

@@ -1,14 +1,21 @@
 """`fat export`: a trained student as a safetensors file, a Hugging Face AST folder, an ONNX file or a
-torch.export program (the last two with a fixed merge rate r baked in)."""
+torch.export program (the last two with a fixed merge rate r baked in).
+
+Exports go to models/exports/ by default: the training folder is a DVC output, and DVC deletes what
+it does not know there when it checks the stage out again (`dvc repro` of a cached train stage).
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.cli import add_command
 from pipeline.settings import check_values, from_args, option
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -18,8 +25,9 @@ class ExportSettings:
     checkpoint: Path = option(Path("models/student/student.pt"), "the student to export: a fat student file (.pt or "
                               ".safetensors) or a Hugging Face AST folder")
     format: str = option("onnx", "what to write", choices=("safetensors", "hf", "onnx", "torch-export"))
-    out: Path | None = option(None, "file to write, a folder for --format hf (default: beside the checkpoint: "
-                                    "<stem>.safetensors, <stem>_hf/, <stem>_r<R>.onnx, <stem>_r<R>.pt2)")
+    out: Path | None = option(None, "file to write, a folder for --format hf (default: models/exports/<checkpoint's "
+                                    "folder>/<stem>.safetensors, <stem>_hf/, <stem>_r<R>.onnx or <stem>_r<R>.pt2, "
+                                    "outside DVC's outputs)")
     r: str = option("0", "merge rate baked into onnx / torch-export: 16, 16,16,8 (per block) or 16:-1 (schedule); "
                          "hf and safetensors hold the plain model (r is applied at run time by our code)",
                     metavar="R")
@@ -43,23 +51,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "  onnx          model from fbank (batch, frames, mel bins) to logits, merge rate --r baked in, dynamic\n"
             "                batch, static input length; runs with onnxruntime alone (fat predict --model onnx:PATH)\n"
             "  torch-export  the same as a torch.export program (.pt2: torch.export.load(path).module())\n"
-            "Examples:\n"
-            "  fat export --checkpoint models/student/student.pt --format onnx --r 16 --out student_r16.onnx\n"
-            "  fat export --checkpoint models/student/student.pt --format hf --out student_hf --labels "
-            "data/datafiles/class_labels_indices.csv"
+            "Files go to models/exports/ unless --out says otherwise; writing inside an output of a DVC stage\n"
+            "(models/student/ is train's) is warned about: DVC deletes it when it checks that stage out again.\n"
+            "Examples (the checkpoint's default is train's output):\n"
+            "  fat export --format onnx --r 16      # models/exports/student/student_r16.onnx\n"
+            "  fat export --format hf --labels data/metadata/class_labels_indices.csv   # .../student_hf/\n"
+            "  fat export --checkpoint runs/a/student.pt --format torch-export --r 16:-1 --out a_r16.pt2"
         ),
         settings=ExportSettings,
     )
     parser.set_defaults(func=run)
 
 
+EXPORTS = Path("models/exports")
+
+
 def default_out(checkpoint: Path, kind: str, r: str) -> Path:
-    """Where an export goes without --out: beside the checkpoint, named after it (and r)."""
-    stem = checkpoint.name if checkpoint.is_dir() else checkpoint.stem
+    """Where an export goes without --out: models/exports/<the checkpoint's folder>/, named after the
+    checkpoint (and r); never beside it, where a DVC stage's output folder would take it away."""
+    source = checkpoint.resolve()
+    stem, folder = (source.name, source.name) if checkpoint.is_dir() else (source.stem, source.parent.name)
     tag = "".join(ch if ch.isalnum() else "_" for ch in r)
     names = {"safetensors": f"{stem}.safetensors", "hf": f"{stem}_hf", "onnx": f"{stem}_r{tag}.onnx",
              "torch-export": f"{stem}_r{tag}.pt2"}
-    return checkpoint.parent / names[kind]
+    return EXPORTS / (folder or "student") / names[kind]
 
 
 def run(namespace: argparse.Namespace) -> int:
@@ -67,6 +82,7 @@ def run(namespace: argparse.Namespace) -> int:
 
     from pipeline.checkpoint import load_student, read_student_file
     from pipeline.core.errors import FatError
+    from pipeline.dvc_outputs import dvc_output_holding
     from pipeline.export import export_graph, export_hf, export_safetensors
     from student import hf
     from student.errors import StudentError
@@ -86,6 +102,11 @@ def run(namespace: argparse.Namespace) -> int:
     out = args.out or default_out(args.checkpoint, args.format, args.r)
     if out.resolve() == args.checkpoint.resolve():
         raise FatError(f"{out}: is the checkpoint itself; choose another --out")
+    inside = dvc_output_holding(out)
+    if inside is not None:
+        log.warning("%s: inside %s, an output of DVC stage %r (%s): DVC deletes it when it checks that stage out "
+                    "again (a `dvc repro` that finds the stage cached); export elsewhere, e.g. %s/", out,
+                    inside.out, inside.stage, inside.dvc_yaml, EXPORTS)
     verbose = args.exporter_log or bool(getattr(namespace, "verbose", False))
     report: dict[str, object] = {"format": args.format, "out": str(out), "checkpoint": str(args.checkpoint)}
     if args.format == "safetensors":
