@@ -55,7 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "(or mean) probability over the windows. Examples:\n"
             "  fat predict street.m4a --teacher mn10_as --labels data/metadata/class_labels_indices.csv\n"
             "  fat predict *.wav --model student:models/student/student.pt --r 16 --json\n"
-            "  fat predict clip.flac --model onnx:models/student/student_r16.onnx\n"
+            "  fat predict clip.flac --model onnx:models/exports/student/student_r16.onnx\n"
             "  fat predict --packed data/packed/eval --id --4gqARaEJE0 --random-init"
         ),
         settings=PredictSettings,
