@@ -20,6 +20,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from student.errors import StudentError
+from student.schedule import FileSchedule, check_schedule, is_schedule_path, read_schedule
 
 # An r setting: a constant, one value per layer, or ToMe's (r, inflection) schedule where
 # inflection −1 is the paper's decreasing schedule, 0 constant, +1 increasing.
@@ -41,6 +42,8 @@ def parse_r(num_layers: int, r: RSpec) -> list[int]:
         step = (high - low) / max(num_layers - 1, 1)
         values = [int(low + step * i) for i in range(num_layers)]
     elif isinstance(r, (list, tuple)):
+        if isinstance(r, FileSchedule) and len(r) != num_layers:  # a file must fit: never padded
+            raise StudentError(f"{r.path}: the schedule has {len(r)} merge counts but the model has {num_layers} blocks")
         values = list(r)
         if len(values) > num_layers:
             raise StudentError(f"per-layer r has {len(values)} values but the model has {num_layers} blocks")
@@ -54,8 +57,11 @@ def parse_r(num_layers: int, r: RSpec) -> list[int]:
 
 
 def parse_r_spec(text: str) -> RSpec:
-    """Command-line / params form of r: "16", "16,16,8" (per layer) or "16:-1" (r:inflection schedule)."""
+    """Command-line / params form of r: "16", "16,16,8" (per layer), "16:-1" (r:inflection schedule) or the
+    path of a schedule file (student.schedule: a .json name, or an existing file)."""
     text = str(text).strip()
+    if is_schedule_path(text):
+        return read_schedule(text)
     try:
         if ":" in text:
             base, inflection = text.split(":", 1)
@@ -85,6 +91,8 @@ def set_tome_r(model: nn.Module, r: RSpec, prop_attn: bool | None = None) -> lis
     for block in blocks:
         _check_block(block)
     values = parse_r(len(blocks), r)
+    if isinstance(r, FileSchedule):
+        check_schedule(r, len(blocks), model.num_tokens)
     model.tome_r = values
     if prop_attn is not None:
         model.tome_prop_attn = bool(prop_attn)

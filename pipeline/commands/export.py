@@ -28,7 +28,8 @@ class ExportSettings:
     out: Path | None = option(None, "file to write, a folder for --format hf (default: models/exports/<checkpoint's "
                                     "folder>/<stem>.safetensors, <stem>_hf/, <stem>_r<R>.onnx or <stem>_r<R>.pt2, "
                                     "outside DVC's outputs)")
-    r: str = option("0", "merge rate baked into onnx / torch-export: 16, 16,16,8 (per block) or 16:-1 (schedule); "
+    r: str = option("0", "merge rate baked into onnx / torch-export: 16, 16,16,8 (per block), 16:-1 (schedule) or a "
+                         "schedule file (.json from fat tune-r); "
                          "hf and safetensors hold the plain model (r is applied at run time by our code)",
                     metavar="R")
     labels: Path | None = option(None, "label CSV for the class names of --format hf (default: LABEL_0, LABEL_1, ...)")
@@ -68,10 +69,13 @@ EXPORTS = Path("models/exports")
 
 def default_out(checkpoint: Path, kind: str, r: str) -> Path:
     """Where an export goes without --out: models/exports/<the checkpoint's folder>/, named after the
-    checkpoint (and r); never beside it, where a DVC stage's output folder would take it away."""
+    checkpoint (and r, or a schedule file's name); never beside it, where a DVC stage's output folder would
+    take it away."""
+    from student.schedule import is_schedule_path
+
     source = checkpoint.resolve()
     stem, folder = (source.name, source.name) if checkpoint.is_dir() else (source.stem, source.parent.name)
-    tag = "".join(ch if ch.isalnum() else "_" for ch in r)
+    tag = "".join(ch if ch.isalnum() else "_" for ch in (Path(r).stem if is_schedule_path(r) else r))
     names = {"safetensors": f"{stem}.safetensors", "hf": f"{stem}_hf", "onnx": f"{stem}_r{tag}.onnx",
              "torch-export": f"{stem}_r{tag}.pt2"}
     return EXPORTS / (folder or "student") / names[kind]

@@ -27,7 +27,8 @@ class PredictSettings:
                                      ".safetensors, or a Hugging Face AST folder) or onnx:PATH (`fat export --format "
                                      "onnx`, run by ONNX Runtime on the CPU); overrides --teacher (default: the "
                                      "--teacher)", metavar="SPEC")
-    r: str | None = option(None, "merge rate of a student: 16, 16,16,8 or 16:-1 (default: 0); an onnx model must have "
+    r: str | None = option(None, "merge rate of a student: 16, 16,16,8, 16:-1 or a schedule file (.json from fat "
+                                 "tune-r) (default: 0); an onnx model must have "
                                  "been exported with it (default: its own)", metavar="R")
     checkpoint: list[Path] = option([], "local teacher checkpoint file(s), one per teacher (default: the cached "
                                         "download)", metavar="PATH")

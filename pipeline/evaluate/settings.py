@@ -38,7 +38,8 @@ class EvaluateSettings:
     allow_incomplete_teacher: bool = option(
         False, "accept a teacher store whose writing did not finish (default: refuse it)")
     r: list[str] = option(["0", "4", "8", "16"],
-                          "merge rates to evaluate: 16, 16,16,8 (per layer) or 16:-1 (r:inflection schedule)",
+                          "merge rates to evaluate: 16, 16,16,8 (per layer), 16:-1 (r:inflection schedule) or a "
+                          "schedule file (.json from fat tune-r)",
                           metavar="R")
     compare: list[Path] = option([], "other student files evaluated at r=0 on the same chart (default: none)",
                                  metavar="CHECKPOINT")

@@ -66,8 +66,8 @@ class TrainConfig:
         None, "AST checkpoint to start from: a released AudioSet .pth, or a Hugging Face AST folder "
               "(config.json + model.safetensors) (default: none)", group=MODEL)
     tome_r: str = option(
-        "0", "tokens merged per block while training: 16, per layer 16 16 8 (or 16,16,8), or a schedule 16:-1; "
-             "0 = plain AST", nargs="+", metavar="R", group=MODEL, resume=False)
+        "0", "tokens merged per block while training: 16, per layer 16 16 8 (or 16,16,8), a schedule 16:-1, or a "
+             "schedule file (.json from fat tune-r); 0 = plain AST", nargs="+", metavar="R", group=MODEL, resume=False)
     drop_path: float = option(0.0, "stochastic depth rate (0..1)", minimum=0, group=MODEL, resume=False)
     head_init: str = option(
         "auto", "classifier head at the start: prior = bias at the log-odds of each class's training frequency "
