@@ -5,7 +5,7 @@ cut into windows of the model's input length with a hop; a file shorter than one
 padded to it, as in training. Each window gets its own top-k; the pooled result takes, per
 class, the maximum (or mean) probability over the windows.
 
-Models plug in through `Tagger`: `teacher:NAME` (released EfficientAT mn or DyMN, or several names
+Models plug in through `Tagger`: `teacher:NAME` (released EfficientAT mn or DyMN, or PaSST, or several names
 for an ensemble), `student:PATH` (a `fat train` checkpoint, .pt or .safetensors, or a Hugging
 Face AST folder) and `onnx:PATH` (a `fat export --format onnx` file, run by ONNX Runtime on the CPU).
 """
@@ -55,7 +55,7 @@ class Tagger(Protocol):
 
 
 class TeacherTagger:
-    """EfficientAT teacher(s) at 32 kHz on 10 s windows; several members = mean logits."""
+    """Released teacher(s) (mn, DyMN, PaSST) at 32 kHz on 10 s windows; several members = mean logits."""
 
     multi_label = True
 
