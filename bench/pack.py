@@ -2,7 +2,11 @@
 
 Writes a synthetic corpus that resembles AudioSet (10-s, 32 kHz mono PCM-16 WAVs: speech-like
 formant syllables, music-like chords and drums, coloured noise, mixtures; silence gaps, a noise
-floor, and, in most clips, the missing top octave of a lossy YouTube source), then in one run:
+floor, and, in most clips, the missing top octave of a lossy YouTube source), as loud as uploads
+are: each kind at its own RMS level, soft-limited to a peak of −9…−1 dBFS (music loudest,
+`LEVELS_DBFS`), over a noise floor of −66…−52 dBFS. FLAC's bytes grow with loudness (each 6 dB
+is one more bit per sample), so the level decides the ratio as much as the content does.
+Then in one run:
 
 1. bytes on disk: `fat pack` of the first `--distinct` clips (all different) with each codec
    setting, against the WAV files' bytes; per kind of content too;
@@ -10,7 +14,7 @@ floor, and, in most clips, the missing top octave of a lossy YouTube source), th
    every clip and for Vorbis over the distinct ones;
 3. reader: clips per CPU-second of one DataLoader worker reading random ids and decoding them to
    waveforms (no features): packed FLAC, packed Vorbis, WAV files through read_audio;
-4. shard layout: CPU per clip to fetch encoded bytes from one chunked uint8 blob (what shards
+4. shard layout: CPU per clip to fetch encoded bytes from one contiguous uint8 blob (what shards
    use) against one HDF5 variable-length element per clip;
 5. DVC (as bench/dvc_hash.py): first `dvc commit` and a no-change `dvc status` of the packed split
    against the same clips as WAV files, in one fresh git + DVC repository (hard-link cache).
@@ -51,6 +55,12 @@ RATE = 32000
 SECONDS = 10.0
 KINDS = ("speech", "music", "noise", "mix")
 KIND_WEIGHTS = (0.35, 0.30, 0.20, 0.15)
+# How loud uploads are, per kind: (RMS, peak ceiling) ranges in dBFS. Music is mastered loud (about −14 … −8
+# LUFS) and limited to just under full scale; speech over music (vlogs, TV) a little lower; speech and ambience
+# recordings lower still; every kind peaks at −9 … −1 dBFS.
+LEVELS_DBFS = {"speech": ((-26.0, -18.0), (-9.0, -3.0)), "music": ((-16.0, -9.0), (-3.0, -1.0)),
+               "noise": ((-30.0, -16.0), (-9.0, -3.0)), "mix": ((-20.0, -13.0), (-6.0, -1.0))}
+NOISE_FLOOR_DBFS = (-66.0, -52.0)  # the recording's own noise, RMS
 SETTINGS = {  # label → fat pack options
     "flac (default, level 8)": ["--codec", "flac"],
     "flac level 5": ["--codec", "flac", "--flac-level", "5"],
@@ -163,18 +173,19 @@ def make_clip(index: int, seed: int = 0) -> tuple[str, np.ndarray]:
         audio = speech(rng, n) / 0.2 + rng.uniform(0.3, 0.6) * background / (background.std() + 1e-9)
     else:
         audio = {"speech": speech, "music": music, "noise": noise}[kind](rng, n)
-    audio = audio / (audio.std() + 1e-12) * 10 ** (rng.uniform(-32, -16) / 20)
+    rms_db, ceiling_db, floor_db = (rng.uniform(*LEVELS_DBFS[kind][0]), rng.uniform(*LEVELS_DBFS[kind][1]),
+                                    rng.uniform(*NOISE_FLOOR_DBFS))
+    audio = audio * 10 ** (rms_db / 20) / (audio.std() + 1e-12)
     for _ in range(rng.integers(0, 3)):  # silence gaps (digital zero, as cut or muted uploads have)
         at = rng.integers(0, n)
         audio[at:at + int(rng.uniform(0.3, 1.5) * RATE)] = 0.0
-    audio += coloured_noise(rng, n, 1.0) * 10 ** (rng.uniform(-75, -55) / 20)  # recording noise floor
+    audio += coloured_noise(rng, n, 1.0) * 10 ** (floor_db / 20)  # the recording's own noise
     if rng.random() < 0.7:  # the lossy source's missing top octave
         spectrum = np.fft.rfft(audio)
         spectrum[np.fft.rfftfreq(n, 1 / RATE) > rng.uniform(7000, 15500)] = 0
         audio = np.fft.irfft(spectrum, n)
-    peak = np.abs(audio).max()
-    if peak > 0.99:
-        audio *= 0.99 / peak
+    ceiling = 10 ** (ceiling_db / 20)
+    audio = ceiling * np.tanh(audio / ceiling)  # a soft limiter, as uploads are mastered to a ceiling
     return kind, audio.astype(np.float32)
 
 
@@ -266,7 +277,7 @@ def worker_clips_per_cpu_second(read, keys: list) -> float:
 
 
 def layout_cpu_per_read(store: Path, reads: int, tmp: Path) -> dict[str, float]:
-    """ms of CPU to fetch one clip's bytes: from the chunked blob vs from a vlen-bytes dataset."""
+    """ms of CPU to fetch one clip's bytes: from the shard's contiguous blob vs from a vlen-bytes dataset."""
     shard = sorted(store.glob("shard-*.h5"))[0]
     with h5py.File(shard, "r", locking=False) as handle:
         offsets = handle["offsets"][()]
@@ -283,7 +294,7 @@ def layout_cpu_per_read(store: Path, reads: int, tmp: Path) -> dict[str, float]:
         started = time.process_time()
         for i in rows:
             audio[offsets[i]:offsets[i + 1]].tobytes()
-        figures["chunked blob + offsets"] = (time.process_time() - started) / reads * 1000
+        figures["contiguous blob + offsets"] = (time.process_time() - started) / reads * 1000
     with h5py.File(vlen, "r", locking=False) as handle:
         audio = handle["audio"]
         started = time.process_time()
@@ -365,7 +376,7 @@ def measure_codecs(corpus: dict, work: Path, args: argparse.Namespace) -> dict:
         for kind in KINDS:
             chosen = [i for i in ids if corpus["kinds"][i] == kind]
             per_kind[kind] = sum(sizes[i] for i in chosen) / sum(wav[i] for i in chosen) if chosen else None
-        shard_bytes = sum(p.stat().st_size for p in out.glob("shard-*.h5"))  # + ids, columns, last chunk's padding
+        shard_bytes = sum(p.stat().st_size for p in out.glob("shard-*.h5"))  # + HDF5's structure, ids and columns
         rows[label] = {"ratio": sum(sizes.values()) / sum(wav.values()), "file_ratio": shard_bytes / sum(wav.values()),
                        "per_kind": per_kind, "clips_per_second": figures["clips_per_second"],
                        "wall_seconds": figures["wall_seconds"]}

@@ -13,7 +13,7 @@ from typing import Any
 from pipeline.packed.format import CodecSettings
 from pipeline.settings import check_values, nested, option
 
-DEFAULT_SHARD_CLIPS = 10000  # ≈ 3.5 GB of FLAC for 10-s AudioSet clips: ~175 files for the full set
+DEFAULT_SHARD_CLIPS = 10000  # ≈ 3–4 GB of FLAC for 10-s AudioSet clips: ~175 files for the full set
 
 
 @dataclass(kw_only=True)
@@ -23,7 +23,7 @@ class PackSettings:
     datafile: Path = option(help="the AST datafile whose clips are packed", metavar="JSON")
     out_dir: Path | None = option(None, "the store's folder (default: data/packed/<datafile stem>)")
     codec: CodecSettings = nested(CodecSettings, group="codec")
-    shard_clips: int = option(DEFAULT_SHARD_CLIPS, "clips per shard (10,000 10-s clips ≈ 3.5 GB of FLAC)",
+    shard_clips: int = option(DEFAULT_SHARD_CLIPS, "clips per shard (10,000 10-s clips ≈ 3–4 GB of FLAC)",
                               unit="clips", minimum=1)
     workers: int = option(default_factory=lambda: os.cpu_count() or 1,
                           help="encoding processes (1 = in this process)", minimum=1)
