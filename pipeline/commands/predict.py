@@ -42,6 +42,8 @@ class PredictSettings:
     pool: str = option("max", "how window probabilities are pooled per class", choices=("max", "mean"))
     json: bool = option(False, "print one JSON document instead of text (default: text)")
     batch_size: int = option(8, "windows per forward pass", minimum=1)
+    compile: bool = option(False, "torch.compile a student (merging included; the first batch builds the graph); "
+                                  "eager with a warning where it cannot compile")
     device: str = device_option()
     precision: str = precision_option()
 
@@ -62,6 +64,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         settings=PredictSettings,
     )
     parser.set_defaults(func=run)
+
+
+def compile_tagger(tagger: object, spec: str) -> None:
+    """--compile: torch.compile a student tagger in place (teachers and ONNX files are not compiled here)."""
+    from pipeline.core.errors import FatError
+    from pipeline.predict import StudentTagger
+    from student.compile import compile_student
+
+    if not isinstance(tagger, StudentTagger):
+        raise FatError(f"--compile compiles a torch student (--model student:PATH); {spec} is not one")
+    compile_student(tagger.model)
 
 
 def model_class_names(tagger: object):  # noqa: ANN201 - ClassNames | None; kept out of `fat --help`'s imports
@@ -101,6 +114,8 @@ def run(namespace: argparse.Namespace) -> int:
     device = runtime.choose_device(args.device)
     precision = runtime.choose_precision(args.precision, device)
     tagger = load_tagger(model, args.checkpoint, args.random_init, num_classes, device, precision, args.r)
+    if args.compile:
+        compile_tagger(tagger, model)
     window, hop = check_window(args.window, args.hop, tagger)
     names = model_class_names(tagger) if args.labels is None else None
     names = names or ClassNames.find(args.labels, tagger.num_classes)
