@@ -97,10 +97,12 @@ def reference(model: ASTModel, fbank: torch.Tensor, r: RSpec, dtype: torch.dtype
 
 @contextlib.contextmanager
 def exporter_output(verbose: bool = False) -> Iterator[None]:
-    """Keep what the exporters log, warn and print out of sight unless `verbose`; if the export fails,
-    what they said is written to stderr before the error goes on (it is then the useful part)."""
+    """Keep what the exporters log, warn and print out of sight unless `verbose` (then their prints go
+    to stderr: stdout stays the caller's); if the export fails, what they said is written to stderr
+    before the error goes on (it is then the useful part)."""
     if verbose:
-        yield
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
         return
     captured = io.StringIO()
     handler = logging.StreamHandler(captured)
