@@ -21,8 +21,9 @@ class LogitsSettings:
     datafile: tuple[Path, ...] = option(
         (), "AST datafile(s) whose clips get logits (required, default: none)", metavar="JSON")
     teacher: list[str] = option(
-        ["mn10_as"], "released teacher name(s); several (or mn_ensemble) = mean of their logits; or one teacher.pt "
-                       "file of `fat finetune-teacher` (default: mn10_as)",
+        ["mn10_as"], "released teacher name(s) (mn, DyMN, PaSST); several (or a preset: mn_ensemble, "
+                       "passt_ensemble_many) = mean of their logits; or one teacher.pt file of `fat finetune-teacher` "
+                       "(default: mn10_as)",
         metavar="NAME")
     checkpoint: list[Path] = option(
         [], "local checkpoint file(s), one per teacher in order, instead of the download (default: the released file "
