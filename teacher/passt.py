@@ -175,6 +175,15 @@ class PaSST(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    def adapt_checkpoint(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Upstream's loader also accepts a patch projection stored flat, (dim, 256), from before
+        the patches were cut by a conv; it is the same matrix, reshaped to the conv's kernel."""
+        weight = state.get("patch_embed.proj.weight")
+        kernel = self.patch_embed.proj.weight
+        if weight is not None and weight.dim() < 4 and weight.numel() == kernel.numel():
+            state = {**state, "patch_embed.proj.weight": weight.reshape(kernel.shape)}
+        return state
+
     def patch_grid(self, mel: Tensor) -> Tensor:
         """Patch embeddings with their position vectors, flattened: (B, rows·columns, dim)."""
         mel = check_mel_input(mel)

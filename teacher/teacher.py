@@ -180,6 +180,8 @@ def load_teacher(
                 + (f"; {name}: {spec.note}" if spec.note else "")
             )
         model = spec.build_model(classes)
+        if hasattr(model, "adapt_checkpoint"):  # a family's older file layouts (PaSST's flat patch weights)
+            state = model.adapt_checkpoint(state)
         load_weights(model, state, str(path))
         file, digest = str(path), sha256_file(path)
     provenance = Provenance(

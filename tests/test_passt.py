@@ -277,6 +277,11 @@ def test_a_saved_checkpoint_loads_through_load_teacher(tmp_path):
     wave = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(loaded(wave), source(wave), rtol=0, atol=0)
+    flat = {**state, "patch_embed.proj.weight": state["patch_embed.proj.weight"].reshape(768, 256)}
+    torch.save(flat, path)  # the patch projection as a matrix, as upstream's loader also takes it
+    with torch.no_grad():
+        torch.testing.assert_close(load_teacher("passt_l_kd_p16_128_ap47", checkpoint=path)(wave), source(wave),
+                                   rtol=0, atol=0)
     torch.save({**state, "head.1.bias": torch.zeros(3), "head.1.weight": torch.zeros(3, 768)}, path)
     with pytest.raises(TeacherError, match="3 classes but 527 are needed"):
         load_teacher("passt_l_kd_p16_128_ap47", checkpoint=path)
