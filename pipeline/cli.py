@@ -33,6 +33,7 @@ COMMANDS: tuple[str, ...] = (
     "stats",
     "train",
     "evaluate",
+    "tune_r",
     "bench",
     "export",
     "merges",

@@ -30,7 +30,7 @@ PARAMS_FILES = ["params.yaml", "configs/audioset-balanced.yaml", "configs/audios
                 "configs/speechcommands.yaml"]
 SECTION_COMMAND = {"demo": "demo-corpus", "metadata": "metadata", "download": "download", "validate": "validate",
                    "pack": "pack", "logits": "logits", "oracle": "logits", "train": "train", "evaluate": "evaluate",
-                   "prepare": "prepare"}
+                   "prepare": "prepare", "tune_r": "tune-r"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,7 +118,8 @@ def test_every_command_builds_its_settings_from_its_own_defaults() -> None:
     """argparse's defaults are the dataclass defaults: the same object comes back from an empty command line."""
     required = {"download": ["--split", "eval"], "validate": ["--split", "eval"], "train": ["--train", "t.json",
                 "--valid", "v.json", "--out", "o"], "logits": ["--datafile", "d.json"],
-                "evaluate": ["--checkpoint", "s.pt", "--datafile", "d.json"], "prepare": ["folder", "--root", "r"],
+                "evaluate": ["--checkpoint", "s.pt", "--datafile", "d.json"],
+                "tune-r": ["--checkpoint", "s.pt", "--datafile", "d.json"], "prepare": ["folder", "--root", "r"],
                 "predict": ["a.wav"], "stats": ["d.json"], "merges": ["a.wav"], "pack": ["--datafile", "d.json"],
                 "logits import": ["--logits", "p.npy", "--ids", "i.txt", "--datafile", "d.json", "--teacher", "t"],
                 "logits verify": ["s.h5"], "finetune-teacher": ["--train", "t.json", "--valid", "v.json", "--out", "o"]}
