@@ -34,6 +34,7 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "evaluate",
     "tune_r",
+    "folds_report",
     "bench",
     "export",
     "merges",

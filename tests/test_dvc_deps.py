@@ -29,7 +29,8 @@ from pipeline.cli import build_parser
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "teacher", "student")
 # each pipeline definition → the params file its `${...}` come from
-PIPELINES = {"dvc.yaml": "params.yaml", "pipelines/speechcommands.yaml": "configs/speechcommands.yaml"}
+PIPELINES = {"dvc.yaml": "params.yaml", "pipelines/speechcommands.yaml": "configs/speechcommands.yaml",
+             "pipelines/esc50.yaml": "configs/esc50.yaml"}
 
 
 # --------------------------------------------------------------------------- the import closure

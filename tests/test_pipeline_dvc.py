@@ -90,12 +90,21 @@ _COMMANDS = {
     "validate": ["validate", "--split", "eval"], "pack": ["pack", "--datafile", "d.json"], "logits": ["logits"],
     "oracle": ["logits"],
     "train": ["train"],
-    "evaluate": ["evaluate"], "prepare": ["prepare", "speechcommands"],
+    "evaluate": ["evaluate"], "prepare": ["prepare", "speechcommands"], "finetune": ["finetune-teacher"],
+    "report": ["folds-report", "eval.json"],
+}
+# what pipelines/esc50.yaml adds per fold to a section (its paths are the fold's, not params)
+_FOLD_ARGS = {
+    "finetune": ["--train", "t.json", "--valid", "v.json", "--out", "o"],
+    "logits": ["--teacher", "t/teacher.pt", "--datafile", "d.json"],
+    "train": ["--train", "t.json", "--valid", "v.json", "--out", "o", "--teacher", "l.h5"],
+    "evaluate": ["--checkpoint", "s.safetensors", "--datafile", "d.json"],
 }
 
 
 @pytest.mark.parametrize("params_file", ["params.yaml", "configs/audioset-balanced.yaml",
-                                         "configs/audioset-full.yaml", "configs/speechcommands.yaml"])
+                                         "configs/audioset-full.yaml", "configs/speechcommands.yaml",
+                                         "configs/esc50.yaml"])
 def test_every_params_section_is_a_valid_command_line(params_file: str) -> None:
     """Each section, rendered exactly as DVC renders `${section}`, parses without an unknown option."""
     params = yaml.safe_load((ROOT / params_file).read_text())
@@ -105,7 +114,8 @@ def test_every_params_section_is_a_valid_command_line(params_file: str) -> None:
         if section == "data":
             continue  # shared values, interpolated one by one in dvc.yaml
         rendered = shlex.split(to_str(values, config={"bool": "boolean_optional"}))
-        args = parser.parse_args(normalise_argv(parser, [*_COMMANDS[section], *rendered]))
+        fold = _FOLD_ARGS.get(section, []) if params_file == "configs/esc50.yaml" else []
+        args = parser.parse_args(normalise_argv(parser, [*_COMMANDS[section], *rendered, *fold]))
         assert args.command == _COMMANDS[section][0]
         checked += 1
     assert checked >= 3
@@ -365,3 +375,54 @@ def test_speechcommands_pipeline_under_dvc(tmp_path: Path) -> None:
         output = _dvc(repo, env, *view)
         assert not _dvc_complaints(output), output
     assert "r0.accuracy" in _dvc(repo, env, "metrics", "show")
+
+
+# --------------------------------------------------------------------------- ESC-50's five folds
+
+
+@pytest.mark.slow
+def test_esc50_pipeline_runs_five_folds_and_reports_mean_and_std(tmp_path: Path) -> None:
+    """A fake ESC-50 release (3 classes, one clip of each per fold) through pipelines/esc50.yaml: every fold
+    fine-tunes its teacher on the other four, writes its logits, trains a KD student and evaluates it; the
+    report averages the folds."""
+    from tests.esc50_fixtures import build_release
+
+    repo = tmp_path / "clone"
+    env = _make_clone(repo)
+    build_release(repo / "datasets/ESC-50-master", per_fold=1)
+    shutil.copy2(repo / "pipelines/esc50.yaml", repo / "dvc.yaml")
+    shutil.copy2(repo / "configs/esc50.yaml", repo / "params.yaml")
+    _shrink(repo / "params.yaml", {
+        "prepare": {"workers": 1},
+        "finetune": {"teacher": "mn01_as", "random_init": True, "clip_seconds": 0.5, "epochs": 1, "batch_size": 12,
+                     "warmup_epochs": 0, "num_workers": 0, "threads": 1},
+        "logits": {"clip_seconds": 0.5, "batch_size": 16, "workers": 0, "threads": 1},
+        "train": {"model_size": "tiny224", "depth": 1, "fstride": 16, "tstride": 16, "target_frames": 50,
+                  "epochs": 1, "batch_size": 6, "num_workers": 0, "threads": 1},
+        "evaluate": {"r": [0, 2], "batch_size": 4, "warmup_batches": 1, "timed_batches": 1, "rounds": 1,
+                     "threads": 1, "workers": 0},
+    }, drop={"train": ["ast_checkpoint"]})
+    _dvc(repo, env, "add", "datasets/ESC-50-master")
+    _commit(repo, env, "dataset")
+    first = _dvc(repo, env, "repro")
+    folds = range(1, 6)
+    assert _ran(first) == {"prepare", "report"} | {f"{stage}@{k}" for stage in ("teacher", "logits", "train",
+                                                                               "evaluate") for k in folds}
+    for k in folds:  # each fold's teacher learned the other four folds' clips and its logits cover both sides
+        teacher = json.loads((repo / f"models/esc50/fold{k}/teacher/result.json").read_text())
+        assert teacher["main_metric"] == "accuracy" and teacher["epochs"] == 1
+        report = json.loads((repo / f"reports/esc50/fold{k}/eval.json").read_text())
+        assert set(report["student"]) == {"r=0", "r=2"} and report["eval"]["clips"] == 3
+        assert "accuracy" in report["teacher"]
+    summary = json.loads((repo / "reports/esc50/folds.json").read_text())
+    assert summary["metric"] == "accuracy" and summary["folds"] == 5
+    for block in [*summary["student"].values(), summary["teacher"]]:
+        assert len(block["folds"]) == 5 and block["mean"] == pytest.approx(sum(block["folds"]) / 5, abs=1e-6)
+        assert block["std"] >= 0
+    table = (repo / "reports/esc50/folds.md").read_text()
+    assert "| student | 0 |" in table and "| teacher |" in table and " ± " in table
+    assert set(json.loads((repo / "reports/esc50/metrics.json").read_text())) == {"r0", "r2", "teacher"}
+    assert _ran(_dvc(repo, env, "repro")) == set()
+    # one fold's stage is a stage of its own: it reruns alone
+    again = _dvc(repo, env, "repro", "-f", "-s", "train@3")
+    assert _ran(again) == {"train@3"}
