@@ -338,6 +338,9 @@ def _speech_commands_fixture(repo: Path) -> None:
     shutil.copy2(repo / "configs/speechcommands.yaml", repo / "params.yaml")
     _shrink(repo / "params.yaml", {
         "prepare": {"workers": 1},
+        "finetune": {"teacher": "mn01_as", "random_init": True, "epochs": 1, "batch_size": 12, "warmup_epochs": 0,
+                     "num_workers": 0, "threads": 1},
+        "logits": {"batch_size": 16, "workers": 0, "threads": 1},
         "train": {"model_size": "tiny224", "fstride": 16, "tstride": 16, "target_frames": 100, "epochs": 1,
                   "batch_size": 4, "num_workers": 0, "threads": 1},
         "evaluate": {"r": [0, 2], "batch_size": 4, "warmup_batches": 1, "timed_batches": 1, "rounds": 1,
@@ -347,27 +350,30 @@ def _speech_commands_fixture(repo: Path) -> None:
 
 @pytest.mark.slow
 def test_speechcommands_pipeline_under_dvc(tmp_path: Path) -> None:
-    """The Speech Commands preset drives its own pipeline (prepare → train → evaluate, accuracy)
-    once it is the clone's dvc.yaml and params.yaml."""
+    """The Speech Commands preset drives its own pipeline (prepare → teacher → logits → train with KD →
+    evaluate, accuracy) once it is the clone's dvc.yaml and params.yaml."""
     repo = tmp_path / "clone"
     env = _make_clone(repo)
     _speech_commands_fixture(repo)
     _dvc(repo, env, "add", "datasets/speech_commands_v0.02")
     _commit(repo, env, "dataset")
     first = _dvc(repo, env, "repro")
-    assert _ran(first) == {"prepare", "train", "evaluate"}
+    assert _ran(first) == {"prepare", "teacher", "logits", "train", "evaluate"}
     for split in ("train", "valid", "test"):
         data = json.loads((repo / f"data/speechcommands/datafiles/speechcommands_{split}.json").read_text())
         assert len(data["data"]) == {"train": 12, "valid": 3, "test": 3}[split]
     report = json.loads((repo / "reports/speechcommands/eval.json").read_text())
-    assert set(report["student"]) == {"r=0", "r=2"} and "teacher" not in report
+    assert set(report["student"]) == {"r=0", "r=2"} and "accuracy" in report["teacher"]  # the fine-tuned teacher's row
+    student = next(p for p in (repo / "models/speechcommands/student.safetensors",
+                               repo / "models/speechcommands/student.pt") if p.is_file())
+    assert load_student(student)[1]["teacher_store"]["teacher"] == "mn01_as-finetuned"  # KD from its logits
     assert 0.0 <= report["student"]["r=0"]["accuracy"] <= 1.0
     # BCE training scored by accuracy (train.metric): every epoch logs it, the student file says so
     epochs = _read_csv(repo / "models/speechcommands/epochs.csv")
     assert all(0.0 <= float(row["valid/accuracy"]) <= 1.0 for row in epochs)
     assert load_student(repo / "models/speechcommands/student.pt")[1]["main_metric"] == "accuracy"
     # DVC tracks accuracy (the main metric) and GFLOPs per r, and shows them without a complaint
-    assert set(json.loads((repo / "reports/speechcommands/metrics.json").read_text())) == {"r0", "r2"}
+    assert set(json.loads((repo / "reports/speechcommands/metrics.json").read_text())) == {"r0", "r2", "teacher"}
     assert _ran(_dvc(repo, env, "repro")) == set()
     assert not (repo / "data/demo").exists()  # the AudioSet pipeline is not this project's
     _commit(repo, env, "speech commands run")
