@@ -37,7 +37,7 @@ from pipeline.store import LogitsStore
 from student import torchaudio_ops
 from student.augment import MixPlan
 from student.features import NORM_STATS, spec_augment
-from student.frontend import BatchFbank, fit_frames_batch
+from student.frontend import BatchFbank
 from student.kd import TeacherMix
 
 log = logging.getLogger(__name__)
@@ -248,13 +248,11 @@ class DeviceInputs:
         count = waves.shape[0]
         plan = (MixPlan.draw(count, augment.mixup, generator, self.device) if augment.mixup > 0
                 else MixPlan.none(count, self.device))
-        if augment.mixup > 0:
-            waves = plan.mix_waves(waves, lengths)
-        logmel, _ = self.frontend.fbank(waves, lengths, int(batch["rate"]))
-        fbank = fit_frames_batch(logmel, self.features.target_frames)
+        fbank, _ = self.frontend.fbank(waves, lengths, int(batch["rate"]), frames=self.features.target_frames,
+                                       mix=plan if augment.mixup > 0 else None)  # mixed chunk by chunk
         if augment.freqm or augment.timem:
             fbank = spec_augment(fbank, augment.freqm, augment.timem, generator=generator)
-        fbank = (fbank - self.features.mean) / (2 * self.features.std)
+        fbank = fbank.sub_(self.features.mean).div_(2 * self.features.std)  # in place: fbank is this batch's own
         if augment.noise:  # AST's Speech Commands noise: + U[0,1) · u/10 per clip
             scale = torch.rand(count, generator=generator)[:, None, None] / 10
             noise = torch.rand(fbank.shape, generator=generator) * scale

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from student.errors import StudentError
+from student.frontend import valid_mask
 from student.kd import TeacherMix
 
 MIXUP_BETA = 10.0  # AST draws λ from Beta(10, 10)
@@ -49,12 +50,30 @@ class MixPlan:
 
     def mix_waves(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, S) zero-padded waveforms → mixed waveforms, each clip keeping its own length."""
-        inside = torch.arange(waves.shape[1], device=waves.device)[None] < lengths[:, None]
-        centred = (waves - (waves.sum(1) / lengths.clamp(min=1))[:, None]) * inside
-        lam = self.lam.to(waves.dtype)[:, None]
-        mixed = (lam * centred + (1 - lam) * centred[self.partner]) * inside
-        mixed = mixed - (mixed.sum(1) / lengths.clamp(min=1))[:, None]
-        return torch.where(self.lam[:, None] < 1, mixed * inside, waves)
+        return self.mix_rows(waves, lengths, slice(0, waves.shape[0]))
+
+    def mix_rows(self, waves: torch.Tensor, lengths: torch.Tensor, rows: slice) -> torch.Tensor:
+        """`mix_waves` for the clips `rows` (a slice) of the batch only, (n, S): what `BatchFbank.fbank(mix=...)`
+        asks for chunk by chunk.
+
+        Partners may lie outside `rows`. Only the mixed clips are computed, in place on their own
+        copies: on a CPU, a few clips at a time and no whole-batch temporary keep this cheap.
+        """
+        own = waves[rows]
+        picked = (self.lam[rows] < 1).nonzero().flatten()
+        if picked.numel() == 0:
+            return own
+        clips = picked + rows.indices(waves.shape[0])[0]
+        partners = self.partner[clips]
+        clip_lengths, partner_lengths = lengths[clips], lengths[partners]
+        mixed = _centred(waves.index_select(0, clips), clip_lengths)
+        other = _centred(waves.index_select(0, partners), partner_lengths)
+        weight = self.lam[clips].to(waves.dtype)[:, None]
+        mixed.mul_(weight).add_(other.mul_(1 - weight))
+        mixed = _centred(_zero_tails(mixed, clip_lengths), clip_lengths)  # the partner cut to the clip's length
+        out = own.clone()
+        out[picked] = mixed
+        return out
 
     def mix_targets(self, targets: torch.Tensor) -> torch.Tensor:
         """(B, C) label targets mixed with the same partner and λ as the audio."""
@@ -65,6 +84,25 @@ class MixPlan:
         """The KD target's mix: the partner's teacher logits and row mask, with the audio's λ."""
         partner_mask = None if teacher_mask is None else teacher_mask[self.partner]
         return TeacherMix(lam=self.lam, partner_logits=teacher_logits[self.partner], partner_mask=partner_mask)
+
+
+def _centred(waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each row minus its mean over its own samples, zero past its length (in place: `waves` is a fresh copy).
+
+    One reduction per clip, as the clip alone would be reduced: a row-wise sum of several rows
+    splits between threads differently, and the fbank's quiet cells would then depend on which
+    clips share a chunk.
+    """
+    means = [waves[row, :length].sum() / max(length, 1) for row, length in enumerate(lengths.tolist())]
+    waves -= torch.stack(means)[:, None]
+    return _zero_tails(waves, lengths)
+
+
+def _zero_tails(waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero each row past its length, in place (a float mask: a boolean one costs several times more on a CPU)."""
+    if bool((lengths < waves.shape[1]).any()):
+        waves *= valid_mask(lengths, waves.shape[1]).to(waves.dtype)
+    return waves
 
 
 def _beta(count: int, generator: torch.Generator) -> torch.Tensor:

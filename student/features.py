@@ -120,5 +120,5 @@ def spec_augment(fbank: torch.Tensor, freqm: int, timem: int, generator: torch.G
         index = torch.arange(length)
         mask = (index[None] >= start[:, None]) & (index[None] < (start + width)[:, None])  # (B, length)
         mask = mask[:, None, :] if axis == 2 else mask[:, :, None]
-        out = out.masked_fill(mask.to(out.device), 0.0)
+        out.masked_fill_(mask.to(out.device), 0.0)  # in place on the copy: no second (B, T, F) temporary
     return out[0] if single else out

@@ -74,11 +74,12 @@ def test_bad_batches_are_refused_with_the_lengths_named(lengths: list[int], matc
         BatchFbank(100)(torch.zeros(1, 4000), torch.tensor(lengths), 16000)
 
 
-def test_non_finite_samples_are_refused() -> None:
-    waves = torch.zeros(1, 16000)
-    waves[0, 5] = float("nan")
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_samples_are_refused(bad: float) -> None:
+    waves = torch.zeros(2, 16000)
+    waves[1, 5] = bad
     with pytest.raises(StudentError, match="NaN"):
-        BatchFbank(100)(waves, torch.tensor([16000]), 16000)
+        BatchFbank(100)(waves, torch.tensor([16000, 16000]), 16000)
 
 
 def test_mixup_in_the_batch_mixes_audio_labels_and_teacher_targets_alike() -> None:
@@ -137,3 +138,110 @@ def test_pure_tones_match_even_near_the_log_floor(rate: int) -> None:
     for row, length in enumerate(lengths):
         reference = normalize(wave_to_fbank(waves[row, :length], rate, 300), MEAN, STD)
         assert (batch[row] - reference).abs().max().item() <= 1e-4, f"clip {row} at {rate} Hz"
+
+
+def _sensitive_batch(rate: int, seconds: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A chirp, a tone with noise and DC, a pure tone with DC, in turn: signals whose quiet log-mel cells
+    move by 1e-4 and more when a clip's mean is off by 1e-9."""
+    generator = torch.Generator().manual_seed(5)
+    lengths = [int(rate * s) for s in seconds]
+    waves = torch.zeros(len(lengths), max(lengths))
+    for row, length in enumerate(lengths):
+        t = torch.arange(length) / rate
+        waves[row, :length] = [
+            0.4 * torch.sin(2 * torch.pi * (100 + 2000 * t) * t),
+            0.3 * torch.sin(2 * torch.pi * 440 * t) + 0.1 * torch.randn(length, generator=generator) + 0.05,
+            0.3 * torch.sin(2 * torch.pi * 1234.5 * t) + 0.01,
+        ][row % 3]
+    return waves, torch.tensor(lengths)
+
+
+@pytest.fixture
+def two_threads():
+    """Several intra-op threads, as on any multi-core machine: a 1-D reduction is then split between them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("rate", [16000, 32000, 22050])
+def test_clips_of_one_length_equal_the_per_clip_path_with_several_threads(two_threads: None, rate: int) -> None:
+    """The usual batch (clips of one length) with more than one thread: each clip's mean is reduced and each
+    clip resampled as the clip alone is (a row-wise mean(1) of the batch, or one resampling call for clips of
+    one length, is ~1e-9 off and moves quiet cells by ~1e-3)."""
+    waves, lengths = _sensitive_batch(rate, [4.0, 4.0, 4.0, 0.5, 0.5, 0.5])
+    batch = BatchFbank(400, 128, MEAN, STD)(waves, lengths, rate)
+    for row, length in enumerate(lengths.tolist()):
+        reference = normalize(wave_to_fbank(waves[row, :length], rate, 400), MEAN, STD)
+        assert (batch[row] - reference).abs().max().item() <= 1e-4, f"clip {row} ({length} samples at {rate} Hz)"
+
+
+@pytest.mark.parametrize("rate", [16000, 44100])
+def test_cpu_chunks_give_the_features_of_the_whole_batch(monkeypatch: pytest.MonkeyPatch, rate: int) -> None:
+    """On the CPU the batch is worked through a few clips at a time (cache-sized); a chunk per clip and the
+    whole batch at once (what a GPU does) give the same features, also where a chunk mixes lengths."""
+    import student.frontend
+
+    waves, lengths = _batch(rate, [2.0, 2.0, 0.7, 2.0, 1.3])
+    frontend = BatchFbank(300, 128, MEAN, STD)
+    monkeypatch.setattr(student.frontend, "CPU_CHUNK_FRAMES", 1)
+    one_by_one = frontend(waves, lengths, rate)
+    monkeypatch.setattr(student.frontend, "CPU_CHUNK_FRAMES", 10**9)
+    together = frontend(waves, lengths, rate)
+    monkeypatch.setattr(student.frontend, "CPU_CHUNK_FRAMES", 250)
+    in_pairs = frontend(waves, lengths, rate)
+    torch.testing.assert_close(one_by_one, together, atol=1e-6, rtol=0)
+    torch.testing.assert_close(in_pairs, together, atol=1e-6, rtol=0)
+    full, counts = frontend.fbank(waves, lengths, rate)
+    cut, _ = frontend.fbank(waves, lengths, rate, frames=120)  # only the frames asked for are computed
+    assert counts.tolist() == [198, 198, 68, 198, 128] and full.shape[1] == 198
+    torch.testing.assert_close(cut, full[:, :120], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("per_clip", [True, False])
+def test_resampling_calls_per_clip_on_the_cpu_and_per_length_on_a_gpu(monkeypatch: pytest.MonkeyPatch,
+                                                                     per_clip: bool) -> None:
+    """On the CPU each clip is resampled alone, to the very samples torchaudio gives it; a GPU makes one call
+    per distinct clip length (oneDNN's algorithm depends on the call's shape, so only the first is bit-exact
+    there). Either way no clip sees its neighbour's samples or padding."""
+    from student import frontend, torchaudio_ops
+
+    calls: list[tuple[int, ...]] = []
+    resample = torchaudio_ops.resample
+
+    def counting(wave: torch.Tensor, orig: int, new: int) -> torch.Tensor:
+        calls.append(tuple(wave.shape))
+        return resample(wave, orig, new)
+
+    waves, lengths = _batch(32000, [1.0, 0.5, 1.0, 0.5, 0.75])
+    monkeypatch.setattr(torchaudio_ops, "resample", counting)
+    out, new_lengths = frontend.resample_batch(waves, lengths, 32000, per_clip=per_clip)
+    expected_calls = ([(32000,), (32000,), (16000,), (16000,), (24000,)] if per_clip
+                      else [(2, 32000), (2, 16000), (1, 24000)])
+    assert sorted(calls) == sorted(expected_calls)
+    assert new_lengths.tolist() == [16000, 8000, 16000, 8000, 12000]
+    for row, length in enumerate(lengths.tolist()):
+        alone = resample(waves[row, :length], 32000, 16000)
+        assert torch.all(out[row, alone.shape[0]:] == 0)
+        if per_clip:
+            assert torch.equal(out[row, : alone.shape[0]], alone)
+        torch.testing.assert_close(out[row, : alone.shape[0]], alone, atol=1e-6, rtol=0)
+
+
+def test_mixing_chunk_by_chunk_inside_the_fbank_equals_mixing_the_batch_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fbank(mix=plan)` mixes a few clips at a time, with partners in other chunks: the same features as
+    `plan.mix_waves` on the whole batch followed by the fbank."""
+    import student.frontend
+    from student.augment import MixPlan
+
+    waves, lengths = _batch(32000, [2.0, 1.0, 1.5, 2.0, 0.6], seed=4)
+    plan = MixPlan.draw(5, 1.0, torch.Generator().manual_seed(2))
+    assert int((plan.lam < 1).sum()) >= 3
+    frontend = BatchFbank(200, 128, MEAN, STD)
+    monkeypatch.setattr(student.frontend, "CPU_CHUNK_FRAMES", 1)
+    chunked, _ = frontend.fbank(waves, lengths, 32000, mix=plan)
+    whole, _ = frontend.fbank(plan.mix_waves(waves, lengths), lengths, 32000)
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
+    unmixed, _ = frontend.fbank(waves, lengths, 32000)
+    assert not torch.allclose(chunked, unmixed, atol=1e-3)

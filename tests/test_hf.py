@@ -223,19 +223,23 @@ def test_bench_and_merges_build_a_hf_folder_and_a_safetensors_student(tmp_path: 
 
 def test_fat_train_fine_tunes_from_a_hf_folder(tmp_path: Path) -> None:
     """`fat train --ast-checkpoint DIR`: the folder itself is accepted, the HF model's LayerNorm eps is
-    kept, a new label count gets a fresh head, and that head is not prior-initialised (it is AST's)."""
+    kept, a new label count gets a fresh head, and that head is not prior-initialised (it is AST's); the
+    fbank mean/std are the folder's preprocessor_config.json's."""
     from pipeline.checkpoint import load_student
     from pipeline.cli import main
     from tests.train_fixtures import make_task
 
     task = make_task(tmp_path / "task", n_train=6, n_valid=3, num_classes=3, seed=4)
-    folder, _ = hf_model(tmp_path, "tiny", frames=96, width=192, depth=12, heads=3, classes=5)
+    folder, _ = hf_model(tmp_path, "tiny", frames=96, width=192, depth=12, heads=3, classes=5,
+                         preprocessor={"mean": -6.5, "std": 5.25, "max_length": 96, "num_mel_bins": 128})
     out = tmp_path / "run"
     args = ["train", "--train", str(task.train), "--valid", str(task.valid), "--out", str(out),
             "--ast-checkpoint", str(folder), "--loss", "bce", "--kd-lambda", "1", "--model-size", "tiny224",
             "--fstride", "10", "--tstride", "10", "--target-frames", "96", "--epochs", "1", "--batch-size", "3",
             "--no-wa", "--num-workers", "0", "--no-progress", "--threads", "1"]
     assert main(args) == 0
-    model, config = load_student(out / "student.pt")
+    model, config = load_student(out / "student.safetensors")
     assert model.layer_norm_eps == 1e-12 and model.num_classes == 3
+    assert (config["norm_mean"], config["norm_std"]) == (-6.5, 5.25)  # the folder's, which its weights saw
+    assert config["norm_source"] == f"from {folder / 'preprocessor_config.json'} (--ast-checkpoint)"
     assert config["head_init"]["init"] == "default" and config["head_init"]["from_checkpoint"]

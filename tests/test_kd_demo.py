@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
+from pipeline.checkpoint import read_student_file
 from pipeline.cli import main
 from pipeline.core.errors import FatError
 from pipeline.datafile import load_clips, load_label_csv
@@ -83,7 +83,7 @@ def test_kd_from_the_oracle_beats_labels_only_on_corrupted_labels(task, tmp_path
             assert main(args) == 0
             maps[kd_lambda].append(json.loads((out / "result.json").read_text())["final"]["mAP"])
     assert "LABEL-DERIVED ORACLE, NOT A TEACHER" in caplog.text  # fat train says what it learns from
-    student = torch.load(tmp_path / "s0_l0.1" / "student.pt", weights_only=True)["config"]
+    student = read_student_file(tmp_path / "s0_l0.1" / "student.safetensors")["config"]
     assert student["teacher_store"]["label_derived"] and student["label_noise"] == NOISE
     labels_only, distilled = np.mean(maps["1"]), np.mean(maps["0.1"])
     assert distilled - labels_only >= 0.08 and all(d > l for d, l in zip(maps["0.1"], maps["1"])), maps

@@ -242,7 +242,7 @@ def _check_stage_outputs(repo: Path) -> None:
     with LogitsStore(repo / "data/logits/mn10_as.h5") as store:
         assert store.complete and store.attrs["random_init"]
         assert set(store.ids.tolist()) == kept["balanced_train"] | kept["eval"]
-    model, config = load_student(repo / "models/student/student.pt")
+    model, config = load_student(repo / "models/student/student.safetensors")
     assert config["num_classes"] == 10 and config["target_frames"] == 100
     assert (repo / "models/student/dvclive/metrics.json").is_file()
     report = json.loads((repo / "reports/eval.json").read_text())
@@ -371,7 +371,7 @@ def test_speechcommands_pipeline_under_dvc(tmp_path: Path) -> None:
     # BCE training scored by accuracy (train.metric): every epoch logs it, the student file says so
     epochs = _read_csv(repo / "models/speechcommands/epochs.csv")
     assert all(0.0 <= float(row["valid/accuracy"]) <= 1.0 for row in epochs)
-    assert load_student(repo / "models/speechcommands/student.pt")[1]["main_metric"] == "accuracy"
+    assert load_student(student)[1]["main_metric"] == "accuracy"
     # DVC tracks accuracy (the main metric) and GFLOPs per r, and shows them without a complaint
     assert set(json.loads((repo / "reports/speechcommands/metrics.json").read_text())) == {"r0", "r2", "teacher"}
     assert _ran(_dvc(repo, env, "repro")) == set()

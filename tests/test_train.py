@@ -74,8 +74,8 @@ def test_tiny_ast_learns_a_generated_multilabel_task(task, learned):
     untrained = create_ast("tiny224", 4, 128, 96, 16, 16).eval()
     with torch.no_grad():
         assert multilabel_metrics(task.valid_targets, untrained(fbank).numpy())["mAP"] < 0.7
-    # student.pt is the weight-averaged model whose metrics the run reported.
-    model, config = load_student(learned / "student.pt")
+    # student.safetensors is the weight-averaged model whose metrics the run reported.
+    model, config = load_student(learned / "student.safetensors")
     assert config["norm_mean"] == pytest.approx(-4.2677393) and config["multi_label"] and config["tome_r"] == "0"
     head = config["head_init"]  # a new head: its bias from the label prior, calibrated on the training clips
     assert head["init"] == "prior" and not head["from_checkpoint"] and head["calibration_clips"] == 40
@@ -128,7 +128,7 @@ def test_missing_teacher_rows_error_by_default_and_mask_trains(task, tmp_path, c
     assert main([*args, "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert "4 of 40 clips" in err and "train000, train001, train002, train003" in err
-    assert not (tmp_path / "a" / "student.pt").exists()
+    assert not (tmp_path / "a" / "student.safetensors").exists()
     # the same clips from two datafiles (as balanced + unbalanced AudioSet): one list, one coverage
     entries = json.loads(task.train.read_text())["data"]
     halves = [tmp_path / "first.json", tmp_path / "second.json"]
@@ -174,7 +174,7 @@ def test_bad_settings_fail_before_training(task, tmp_path, capsys, extra, messag
             *TINY, *extra]
     assert main(args) == 2
     assert message in capsys.readouterr().err
-    assert not (tmp_path / "out" / "student.pt").exists()
+    assert not (tmp_path / "out" / "student.safetensors").exists()
 
 
 def test_depth_trains_a_shallower_backbone_that_every_reader_rebuilds(task, tmp_path, caplog):
@@ -192,7 +192,7 @@ def test_depth_trains_a_shallower_backbone_that_every_reader_rebuilds(task, tmp_
     caplog.set_level("INFO")
     assert main(base_args(task, out, "--depth", "2", "--kd-lambda", "1", "--epochs", "1", "--batch-size", "8", "--no-wa")) == 0
     assert "training tiny224, 2 blocks" in caplog.text
-    model, config = load_student(out / "student.pt")
+    model, config = load_student(out / "student.safetensors")
     tiny = MODEL_SIZES["tiny224"]
     assert len(model.v.blocks) == 2 and config["size"] == "custom"
     assert (model.embed_dim, model.num_heads) == (tiny.embed_dim, tiny.num_heads)
@@ -215,6 +215,132 @@ def test_bad_datafile_and_audio_are_named(task, tmp_path, capsys):
     gone.write_text(json.dumps(data))
     assert main([*args, "--train", str(gone), "--out", str(tmp_path / "b")]) == 2
     assert "gone.wav" in capsys.readouterr().err
+
+
+def test_student_file_is_safetensors_with_its_settings_in_the_header(learned, task, tmp_path, capsys):
+    """What users load is a safetensors file (no pickle) whose header carries what rebuilds the model
+    and its input; an old run folder with a student.pt is still never overwritten."""
+    from safetensors import safe_open
+
+    from pipeline.checkpoint import SAFETENSORS_FORMAT, load_student, save_student
+
+    path = learned / "student.safetensors"
+    assert not (learned / "student.pt").exists()
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata()
+    config = json.loads(header["config"])
+    assert header["format"] == SAFETENSORS_FORMAT
+    assert (config["size"], config["num_classes"], config["input_tdim"]) == ("tiny224", 4, 96)
+    assert config["norm_mean"] == pytest.approx(-4.2677393) and config["norm_source"].startswith("from AudioSet's")
+    assert config["label_csv_sha256"] and config["tome_r"] == "0"
+    assert json.loads(header["extra"])["weight_averaged"] is True
+    assert json.loads((learned / "result.json").read_text())["model"] == "student.safetensors"
+    old = tmp_path / "old"  # an --out holding an older run's student.pt: refused, not replaced
+    old.mkdir()
+    save_student(old / "student.pt", *load_student(path))
+    before = (old / "student.pt").read_bytes()
+    assert main(base_args(task, old, "--kd-lambda", "1", "--epochs", "1", "--no-wa")) == 2
+    assert "student.pt exists" in capsys.readouterr().err and (old / "student.pt").read_bytes() == before
+
+
+def test_a_small_dataset_run_says_what_the_recipe_does(task, tmp_path, caplog):
+    """AST's AudioSet recipe on 40 one-second clips: the run says that warm-up never ends, that the
+    decay never starts, that clips are cut to --target-frames, which fbank statistics it uses and
+    where the head starts; and it logs the label loss over the classes the data has."""
+    labels = tmp_path / "labels.csv"  # 4 classes in the data, 16 more in the label CSV (as AudioSet's 527)
+    rows = task.labels.read_text().splitlines() + [f'{k},/m/extra{k},"extra {k}"' for k in range(4, 20)]
+    labels.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "small"
+    caplog.set_level("INFO")
+    args = ["train", "--train", str(task.train), "--valid", str(task.valid), "--labels", str(labels), "--out", str(out),
+            *TINY, "--kd-lambda", "1", "--epochs", "2", "--batch-size", "8", "--no-wa", "--mixup", "0"]
+    assert main(args) == 0
+    lines = [record.getMessage() for record in caplog.records]
+
+    def line(start: str) -> str:
+        found = [text for text in lines if text.startswith(start)]
+        assert len(found) == 1, (start, lines)
+        return found[0]
+
+    assert "(10 optimiser steps: 2 epochs × 5)" in line("--warmup-steps 1000 is longer than the whole run")
+    assert "never decays" in line("--lr-decay-start 10: the first decay would come after epoch 10")
+    cut = line("40 of the 40 training clips of epoch 1 are longer than --target-frames 96")
+    assert "the longest 98 frames, 0.98 s" in cut
+    assert "AudioSet's" in line("fbank normalisation: mean -4.26774, std 4.569")
+    prior = line("head prior: 20 classes, bias min")
+    assert "16 classes no training clip carries" in prior and "40 training clips" in prior
+    epochs = read_csv(out / "epochs.csv")
+    for row in epochs:  # 16 absent classes near zero loss dilute the plain mean; the present-class mean is not
+        assert float(row["train/label_present"]) > 3 * float(row["train/label"])
+        assert float(row["valid/label_present"]) > 3 * float(row["valid/loss"])
+    assert "label_present" in (out / "steps.csv").read_text().splitlines()[0].split(",")
+
+
+def test_schedule_warnings_only_for_what_a_run_never_reaches():
+    from pipeline.training.schedule import LRSchedule, optimizer_steps_per_epoch, schedule_warnings
+
+    assert optimizer_steps_per_epoch(240, 12) == 20 and optimizer_steps_per_epoch(241, 12, accum_steps=2) == 11
+    # the issue's case: 240 clips at batch 12, AST's 1000 warm-up steps, 25 epochs = 500 steps
+    (warmup,) = schedule_warnings(LRSchedule(5e-5, 1000, 10, 5, 0.5), 25, 20)
+    assert "peaks at 2.5e-05, never at --lr 5e-05" in warmup
+    assert schedule_warnings(LRSchedule(5e-5, 500, 24, 5, 0.5), 25, 20) == []  # ends at the last step; decays once
+    (decay,) = schedule_warnings(LRSchedule(5e-4, 10, 19, 2, 0.5), 10, 12)
+    assert "ends at epoch 10" in decay
+    assert schedule_warnings(LRSchedule(5e-4, 10, 19, 2, 1.0), 10, 12) == []  # factor 1: no decay asked for
+    demo = yaml.safe_load((REPO / "params.yaml").read_text())["train"]  # the demo recipe fits its 184 clips
+    steps = optimizer_steps_per_epoch(184, demo["batch_size"])
+    assert schedule_warnings(LRSchedule(demo["lr"], demo["warmup_steps"], demo["lr_decay_start"],
+                                        demo["lr_decay_step"], demo["lr_decay_factor"]), demo["epochs"], steps) == []
+
+
+def test_frame_tally_counts_cut_and_padded_clips():
+    from pipeline.training.lengths import FrameTally
+
+    tally = FrameTally(100)
+    tally.update(torch.tensor([32000, 64000, 16000]), 32000)  # 1 s, 2 s, 0.5 s at 32 kHz: 98, 198, 48 frames
+    assert (tally.clips, tally.cut, tally.longest) == (3, 1, 198)
+    assert tally.message(1).startswith("1 of the 3 training clips of epoch 1 are longer than --target-frames 100")
+    short = FrameTally(1024)
+    short.update(torch.tensor([16000, 8000]), 16000)
+    assert "padded to --target-frames 1024 (the longest 98 frames" in short.message(3)
+    fits = FrameTally(98)
+    fits.update(torch.tensor([16000]), 16000)
+    assert fits.message(1) is None
+    assert fits.merge([tally, short]).longest == 198
+
+
+def _hf_folder(root: Path, preprocessor: dict | None) -> Path:
+    """The two JSON files of a Hugging Face AST folder (the fbank statistics are read from them, not the weights)."""
+    root.mkdir()
+    (root / "config.json").write_text(json.dumps({
+        "model_type": "audio-spectrogram-transformer", "architectures": ["ASTForAudioClassification"],
+        "hidden_size": 192, "num_hidden_layers": 12, "num_attention_heads": 3, "intermediate_size": 768,
+        "max_length": 96, "num_mel_bins": 128, "frequency_stride": 10, "time_stride": 10, "num_labels": 4}))
+    (root / "model.safetensors").write_bytes(b"")
+    if preprocessor is not None:
+        (root / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    return root
+
+
+def test_fbank_statistics_follow_the_starting_weights(task, tmp_path):
+    """--ast-checkpoint HF_FOLDER: the folder's preprocessor_config.json mean/std (what its weights were
+    trained with) unless --norm-mean/--norm-std are given; otherwise AudioSet's. The source is named."""
+    from pipeline.training.config import TrainConfig
+
+    def config(**extra) -> TrainConfig:
+        return TrainConfig(train=(task.train,), valid=task.valid, out=tmp_path / "x", kd_lambda=1.0, **extra)
+
+    folder = _hf_folder(tmp_path / "hf", {"mean": -6.5, "std": 5.25, "max_length": 96, "num_mel_bins": 128})
+    start = config(ast_checkpoint=folder)
+    assert (start.norm_mean, start.norm_std) == (-6.5, 5.25)
+    assert start.norm_source == f"from {folder / 'preprocessor_config.json'} (--ast-checkpoint)"
+    own = config(ast_checkpoint=folder, norm_mean=-7.0)
+    assert (own.norm_mean, own.norm_std) == (-7.0, 5.25) and own.norm_source.endswith("(--norm-mean as given)")
+    both = config(ast_checkpoint=folder, norm_mean=-7.0, norm_std=3.0)
+    assert (both.norm_mean, both.norm_std, both.norm_source) == (-7.0, 3.0, "from --norm-mean / --norm-std")
+    bare = config(ast_checkpoint=_hf_folder(tmp_path / "bare", None))
+    assert bare.norm_mean == pytest.approx(-4.2677393) and "has no preprocessor_config.json" in bare.norm_source
+    assert config().norm_source == "from AudioSet's fbank statistics (student.features.NORM_STATS)"
 
 
 def test_lr_schedule_matches_ast_balanced_log():

@@ -43,7 +43,9 @@ def data_rows(path: Path) -> int:
 
 
 def state_dict(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    from pipeline.checkpoint import read_student_file
+
+    return read_student_file(path)["state_dict"]
 
 
 def training_columns(path: Path) -> list[list[str]]:
@@ -84,7 +86,7 @@ def test_sigterm_and_kill_then_resume_equal_an_uninterrupted_run(task):
     run.send_signal(signal.SIGTERM)
     _, err = run.communicate(timeout=120)
     assert run.returncode == 143, err
-    assert "state saved at epoch 1" in err and not (interrupted / "student.pt").exists()
+    assert "state saved at epoch 1" in err and not (interrupted / "student.safetensors").exists()
 
     run = subprocess.Popen(fat(*common, "--out", str(interrupted), "--resume"), env=environment(),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -95,7 +97,7 @@ def test_sigterm_and_kill_then_resume_equal_an_uninterrupted_run(task):
     done = subprocess.run(fat(*common, "--out", str(interrupted), "--resume"), env=environment(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    expected, resumed = state_dict(straight / "student.pt"), state_dict(interrupted / "student.pt")
+    expected, resumed = state_dict(straight / "student.safetensors"), state_dict(interrupted / "student.safetensors")
     assert expected.keys() == resumed.keys()
     for key in expected:
         assert torch.equal(expected[key], resumed[key]), key
@@ -125,10 +127,10 @@ def test_torchrun_two_gloo_ranks_train_and_score_every_validation_clip(task):
     assert result["final"]["clips"] == 7
     clips = load_clips([task.valid], load_label_csv(task.labels), require_files=True)
     dataset = ClipDataset(clips, Features(64, 128))
-    model, _ = load_student(out / "student.pt")
+    model, _ = load_student(out / "student.safetensors")
     with torch.no_grad():
         batch = collate_clips([dataset[i] for i in range(len(dataset))])
         scores = model(DeviceInputs(dataset.features).evaluation(batch)).numpy()
     assert multilabel_metrics(task.valid_targets, scores)["mAP"] == pytest.approx(result["final"]["mAP"], abs=1e-6)
-    assert sorted(p.name for p in out.iterdir() if p.suffix in (".pt", ".json")) == \
-        ["result.json", "student.pt", "train_state.pt"]
+    assert sorted(p.name for p in out.iterdir() if p.suffix in (".pt", ".json", ".safetensors")) == \
+        ["result.json", "student.safetensors", "train_state.pt"]

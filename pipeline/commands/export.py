@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class ExportSettings:
     """The `fat export` options."""
 
-    checkpoint: Path = option(Path("models/student/student.pt"), "the student to export: a fat student file (.pt or "
+    checkpoint: Path = option(Path("models/student/student.safetensors"), "the student to export: a fat student file (.pt or "
                               ".safetensors) or a Hugging Face AST folder")
     format: str = option("onnx", "what to write", choices=("safetensors", "hf", "onnx", "torch-export"))
     out: Path | None = option(None, "file to write, a folder for --format hf (default: models/exports/<checkpoint's "

@@ -57,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "padded window); each window gets its top-k, and the pooled result takes each class's maximum\n"
             "(or mean) probability over the windows. Examples:\n"
             "  fat predict street.m4a --teacher mn10_as --labels data/metadata/class_labels_indices.csv\n"
-            "  fat predict *.wav --model student:models/student/student.pt --r 16 --json\n"
+            "  fat predict *.wav --model student:models/student/student.safetensors --r 16 --json\n"
             "  fat predict clip.flac --model onnx:models/exports/student/student_r16.onnx\n"
             "  fat predict --packed data/packed/eval --id --4gqARaEJE0 --random-init"
         ),

@@ -4,7 +4,8 @@ resume may not change, one field each; checked once before anything heavy starts
 Defaults are AST's AudioSet-balanced recipe (Adam β 0.95/0.999, wd 5e-7, lr 5e-5, batch 12,
 25 epochs, decay ×0.5 every 5 epochs from epoch 10, weight averaging of epochs 6–25,
 SpecAugment 48/192, mixup 0.5, AudioSet's fbank statistics) with EfficientAT's KD weighting
-(λ = 0.1, T = 1).
+(λ = 0.1, T = 1). The fbank statistics follow the starting weights (`default_norm`): a Hugging Face
+AST folder's own when it records them.
 """
 
 from __future__ import annotations
@@ -78,10 +79,10 @@ class TrainConfig:
         False, "recompute block activations in backward to save GPU memory (r = 0 only)", group=MODEL)
     # features and augmentation
     norm_mean: float | None = option(
-        None, "fbank mean, natural-log mel power (default: AudioSet's, student.features.NORM_STATS)",
-        group=FEATURES, resume=False)
-    norm_std: float | None = option(None, "fbank std (default: AudioSet's, student.features.NORM_STATS)", above=0,
-                                    group=FEATURES, resume=False)
+        None, "fbank mean, natural-log mel power (default: the starting weights': a Hugging Face --ast-checkpoint "
+              "folder's preprocessor_config.json, else AudioSet's, student.features.NORM_STATS; `fat stats` gives a "
+              "dataset's own)", group=FEATURES, resume=False)
+    norm_std: float | None = option(None, "fbank std (default: as --norm-mean)", above=0, group=FEATURES, resume=False)
     freqm: int = option(48, "SpecAugment max frequency-mask width; 0 = off", unit="mel bins", minimum=0,
                         group=FEATURES, resume=False)
     timem: int = option(192, "SpecAugment max time-mask width; 0 = off", unit="frames", minimum=0, group=FEATURES,
@@ -140,7 +141,7 @@ class TrainConfig:
     resume: bool = option(
         False, "continue the run saved in --out exactly where it stopped (fresh start if none)", group=RUNTIME)
     keep_epoch_checkpoints: bool = option(
-        False, "also write epoch_<n>.pt student files (default: only student.pt)", group=RUNTIME)
+        False, "also write epoch_<n>.safetensors student files (default: only student.safetensors)", group=RUNTIME)
     log_every: int = option(20, "optimiser steps between steps.csv rows", minimum=1, group=RUNTIME)
     progress: bool | None = option(
         None, "progress bar with loss and clips/s (default: when stderr is a terminal)", group=RUNTIME)
@@ -158,11 +159,11 @@ class TrainConfig:
         # "16 16 8" on the command line (or a list in params.yaml) is the text form "16,16,8".
         self.tome_r = self.tome_r if isinstance(self.tome_r, str) else ",".join(str(r) for r in self.tome_r)
         self.adam_betas = tuple(self.adam_betas)
+        self.norm_source = "from --norm-mean / --norm-std"
         if self.norm_mean is None or self.norm_std is None:
-            # Deferred: student.features imports torch, and `fat --help` builds its parser from this class.
-            from student.features import NORM_STATS
-
-            mean, std = NORM_STATS["audioset"]
+            (mean, std), source = default_norm(self.ast_checkpoint)
+            given = "--norm-mean" if self.norm_mean is not None else "--norm-std" if self.norm_std is not None else None
+            self.norm_source = f"from {source}" + (f" ({given} as given)" if given else "")
             self.norm_mean = mean if self.norm_mean is None else self.norm_mean
             self.norm_std = std if self.norm_std is None else self.norm_std
 
@@ -242,6 +243,28 @@ class TrainConfig:
             return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
         return {key: plain(value) for key, value in asdict(self).items()}
+
+
+def default_norm(ast_checkpoint: Path | None) -> tuple[tuple[float, float], str]:
+    """The fbank (mean, std) a run uses without --norm-mean/--norm-std, and where it comes from: those the
+    starting weights were trained with. A Hugging Face AST folder records them in its
+    preprocessor_config.json; everything else starts from AudioSet's (AST's constants, which the
+    released AST checkpoints were trained with). Data unlike the start's gets its own from `fat stats`."""
+    # Deferred: student imports torch, and `fat --help` builds its parser from TrainConfig.
+    from student import hf
+    from student.errors import StudentError
+    from student.features import NORM_STATS
+
+    audioset = "AudioSet's fbank statistics (student.features.NORM_STATS)"
+    if ast_checkpoint is not None and hf.is_hf_checkpoint(ast_checkpoint):
+        try:
+            checkpoint = hf.read_hf_checkpoint(ast_checkpoint)
+        except StudentError as exc:
+            raise FatError(f"--ast-checkpoint: {exc}") from None
+        if checkpoint.norm is not None:
+            return checkpoint.norm, f"{checkpoint.folder / hf.PREPROCESSOR_NAME} (--ast-checkpoint)"
+        return NORM_STATS["audioset"], f"{audioset}: {checkpoint.folder} has no {hf.PREPROCESSOR_NAME}"
+    return NORM_STATS["audioset"], audioset
 
 
 # Settings that must not change when a run is resumed (the fields declared with resume=False).

@@ -122,3 +122,16 @@ def calibrate_bias(model: nn.Module, features: torch.Tensor, frequencies: np.nda
     new_bias = solve_bias(offsets, frequencies, floor)
     linear.bias.copy_(new_bias.to(linear.bias.device, linear.bias.dtype))
     return float((new_bias - bias).abs().max())
+
+
+def prior_summary(model: nn.Module, frequencies: np.ndarray, clips: int, calibration_clips: int | None = None) -> str:
+    """One line on the head's starting bias (what the run prints): how many classes, min / median / max, and
+    how many classes no training clip carries (their bias sits at the floor's log-odds)."""
+    bias = head_linear(model).bias.detach().double().cpu().numpy()
+    absent = int(np.sum(np.asarray(frequencies) <= 0))
+    calibrated = f", calibrated on {calibration_clips} clips" if calibration_clips else ""
+    line = (f"head prior: {bias.size} classes, bias min {bias.min():.3g} / median {np.median(bias):.3g} / max "
+            f"{bias.max():.3g} (the label frequencies of {clips} training clips{calibrated})")
+    if absent:
+        line += f"; {absent} classes no training clip carries start at ≤ {bias[np.asarray(frequencies) <= 0].max():.3g}"
+    return line

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -25,16 +26,20 @@ from pipeline.core.errors import FatError
 from pipeline.core.workers import ignore_sigterm, killed_on_error
 from pipeline.training.averaging import WeightAverager
 from pipeline.training.config import RESUME_INVARIANT, TrainConfig, saved_config
+from pipeline.training.lengths import FrameTally
 from pipeline.training.logs import RunLog
-from pipeline.training.schedule import LRSchedule
+from pipeline.training.schedule import LRSchedule, optimizer_steps_per_epoch, schedule_warnings
 from pipeline.training.scoring import validate, validation_loader
 from pipeline.training.state import STATE_NAME, check_compatible, check_same_data, load_state, rng_state, save_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "student.pt"
+MODEL_NAME = "student.safetensors"  # tensors + config in the header: loads without a pickle
+LEGACY_MODEL_NAME = "student.pt"  # what runs before safetensors wrote; still read, never overwritten
 RESULT_NAME = "result.json"
 INTERRUPTED_EXIT = 143  # 128 + SIGTERM: the job did not finish, its state is saved
+# An epoch's running sums: loss, label, kd, teacher coverage (each × clips), clips, label over present classes × clips
+SUMS = 6
 
 
 @dataclass
@@ -78,6 +83,13 @@ def teacher_provenance(path: Path) -> dict[str, Any]:
     return provenance
 
 
+def model_path(out: Path) -> Path:
+    """The student file of a run in `out`: student.safetensors, or the student.pt of a run that finished
+    before training wrote safetensors."""
+    legacy = out / LEGACY_MODEL_NAME
+    return legacy if legacy.is_file() and not (out / MODEL_NAME).is_file() else out / MODEL_NAME
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, context: runtime.Context) -> None:
         self.config = config
@@ -91,8 +103,9 @@ class Trainer:
         if state is not None and not self.config.resume:
             raise FatError(f"{out / STATE_NAME}: a training run already lives in {out}; pass --resume to continue "
                            "it, or choose another --out")
-        if state is None and (out / MODEL_NAME).exists() and not self.config.resume:
-            raise FatError(f"{out / MODEL_NAME} exists: choose another --out (nothing is overwritten)")
+        for name in (MODEL_NAME, LEGACY_MODEL_NAME):
+            if state is None and (out / name).exists() and not self.config.resume:
+                raise FatError(f"{out / name} exists: choose another --out (nothing is overwritten)")
         if state is None and self.config.resume:
             log.info("%s: no training state to resume; starting from the beginning", out)
         if state is not None:
@@ -123,6 +136,13 @@ class Trainer:
             self.train_clips, corrupted = corrupt_labels(self.train_clips, cfg.label_noise, cfg.label_noise_seed)
             log.info("--label-noise %g: %d of %d training clips carry another clip's labels (seed %d)",
                      cfg.label_noise, len(corrupted), len(self.train_clips), cfg.label_noise_seed)
+        from pipeline.training.head_prior import label_frequencies
+
+        self.frequencies = label_frequencies(self.train_clips.class_indices, len(self.train_clips),
+                                             self.train_clips.num_classes)
+        # The classes some training clip carries: the loss over them alone (`label_present`) is not
+        # flattened by the hundreds of AudioSet classes a small dataset never has.
+        self.present = torch.from_numpy(np.flatnonzero(self.frequencies > 0))
         teacher = None
         self.teacher_provenance: dict[str, Any] | None = None
         if cfg.uses_teacher:
@@ -196,14 +216,16 @@ class Trainer:
     def init_head(self, model: nn.Module) -> dict[str, Any]:
         """The head's bias from the training labels' prior, unless it comes from a checkpoint (--head-init);
         returns what was done, for the student file. A resumed run then loads its saved head over it."""
-        from pipeline.training.head_prior import init_head_from_prior, label_frequencies, resolve_head_init
+        from pipeline.training.head_prior import init_head_from_prior, resolve_head_init
 
         cfg = self.config
         from_checkpoint = cfg.ast_checkpoint is not None
         if resolve_head_init(cfg.head_init, from_checkpoint) != "prior":
+            if self.context.is_main:
+                log.info("head: %s (--head-init %s)", "from --ast-checkpoint" if from_checkpoint
+                         else "the model's own initialisation", cfg.head_init)
             return {"init": "default", "from_checkpoint": from_checkpoint}
-        clips = self.train_clips
-        frequencies = label_frequencies(clips.class_indices, len(clips), clips.num_classes)
+        frequencies = self.frequencies
         summary = init_head_from_prior(model, frequencies, cfg.multi_label)
         if cfg.multi_label:  # the random head's common offset taken out on the first training clips
             from pipeline.dataset import collate_clips
@@ -214,6 +236,10 @@ class Trainer:
             features = self.inputs.evaluation(batch)
             summary["calibration_clips"] = count
             summary["calibration_shift"] = round(calibrate_bias(model, features, frequencies), 6)
+        if self.context.is_main:
+            from pipeline.training.head_prior import prior_summary
+
+            log.info("%s", prior_summary(model, frequencies, len(self.train_clips), summary.get("calibration_clips")))
         return {"init": "prior", "from_checkpoint": from_checkpoint, **summary}
 
     @property
@@ -233,7 +259,8 @@ class Trainer:
             set_rng_state(rngs[self.context.rank], self.context.device)
         self.epoch = int(state["epoch"])
         self.batches_done = int(state["batches_done"])
-        self.epoch_sums = [float(v) for v in state["epoch_sums"][self.context.rank]]
+        sums = [float(v) for v in state["epoch_sums"][self.context.rank]]
+        self.epoch_sums = sums + [0.0] * (SUMS - len(sums))  # states from before label_present had 5
         self.history = list(state["history"])
         self.step_rows = list(state["step_rows"])
         self.finished = bool(state.get("finished", False))
@@ -245,7 +272,7 @@ class Trainer:
         state = self.prepare_output()
         self.build_data()
         self.build_model()
-        self.epoch, self.batches_done, self.epoch_sums = 1, 0, [0.0] * 5
+        self.epoch, self.batches_done, self.epoch_sums = 1, 0, [0.0] * SUMS
         self.history: list[dict[str, Any]] = []
         self.step_rows: list[dict[str, Any]] = []
         self.finished, self.final_metrics = False, {}
@@ -258,11 +285,16 @@ class Trainer:
         if self.finished:
             log.info("%s: this run already finished", cfg.out)
             self.runlog.close()
-            return RunResult("finished", len(self.history), self.final_metrics, cfg.out / MODEL_NAME, self.history)
+            return RunResult("finished", len(self.history), self.final_metrics, model_path(cfg.out), self.history)
         if self.context.is_main:
             log.info("training %s, %d blocks (r=%s) on %s, %s, %d process(es); %d training / %d validation clips",
                      cfg.model_size, self.model.depth, cfg.tome_r, self.context.device, self.precision.name,
                      self.context.world_size, len(self.train_clips), len(self.valid_clips))
+            log.info("fbank normalisation: mean %.6g, std %.6g, %s", cfg.norm_mean, cfg.norm_std, cfg.norm_source)
+            steps = optimizer_steps_per_epoch(self.sampler.per_rank, cfg.batch_size, cfg.accum_steps)
+            for line in schedule_warnings(self.schedule, cfg.epochs, steps):
+                log.warning("%s", line)
+        self.lengths: FrameTally | None = FrameTally(cfg.target_frames)  # reported after this session's first epoch
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             while self.epoch <= cfg.epochs:
@@ -291,7 +323,7 @@ class Trainer:
         device = self.context.device
         self.ddp.train()
         sums = torch.tensor(self.epoch_sums, dtype=torch.float64, device=device)
-        step_terms = torch.zeros(4, dtype=torch.float64, device=device)
+        step_terms = torch.zeros(5, dtype=torch.float64, device=device)
         micro_batches = 0
         started = time.perf_counter()
         window_start, window_clips = started, 0
@@ -303,9 +335,12 @@ class Trainer:
                 total, terms = self.forward_loss(batch, device)
                 self.scaler.scale(total / cfg.accum_steps).backward()
             clips = batch["wave"].shape[0]
+            if self.lengths is not None:
+                self.lengths.update(batch["length"], int(batch["rate"]))
             values = torch.stack([total.detach().double(), terms["label"].double(), terms["kd"].double(),
-                                  terms["teacher_coverage"].double()])
-            sums += torch.cat([values * clips, torch.tensor([clips], dtype=torch.float64, device=device)])
+                                  terms["teacher_coverage"].double(), terms["label_present"].double()])
+            sums += torch.cat([values[:4] * clips, torch.tensor([clips], dtype=torch.float64, device=device),
+                               values[4:] * clips])
             step_terms += values
             micro_batches += 1
             self.batches_done += 1
@@ -321,7 +356,7 @@ class Trainer:
             if step_values is not None:
                 self.runlog.step({"epoch": self.epoch, "step": self.schedule.step, "lr": lr, "loss": step_values[0],
                                   "label": step_values[1], "kd": step_values[2], "teacher_coverage": step_values[3],
-                                  "clips_per_s": clips_per_s})
+                                  "label_present": step_values[4], "clips_per_s": clips_per_s})
                 window_start, window_clips = now, 0
             running = (sums[0] / sums[4]).item() if self.runlog.progress_enabled else None
             self.runlog.batch_done(running, clips_per_s)
@@ -354,8 +389,19 @@ class Trainer:
                 mix = inputs.teacher_mix(teacher, mask)
         with self.precision.autocast():
             logits = self.ddp(inputs.features)
-        return kd_loss(logits.float(), target, teacher, cfg.kd_lambda, cfg.kd_temperature, teacher_mask=mask,
-                       multi_label=cfg.multi_label, mix=mix)
+        total, terms = kd_loss(logits.float(), target, teacher, cfg.kd_lambda, cfg.kd_temperature, teacher_mask=mask,
+                               multi_label=cfg.multi_label, mix=mix)
+        terms["label_present"] = self.present_label_loss(logits.detach().float(), target, terms["label"])
+        return total, terms
+
+    def present_label_loss(self, logits: torch.Tensor, target: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """The label BCE over the classes the training set has (for logs only): AudioSet's 527 classes
+        on data with 10 make the plain mean ~50× smaller and flat from the first epoch. A softmax
+        cross-entropy is one term per clip, not diluted by absent classes: it is the label loss itself."""
+        if not self.config.multi_label or not len(self.present):
+            return label
+        present = self.present.to(logits.device)
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits[:, present], target[:, present].float())
 
     def optimizer_step(self) -> float:
         lr = self.schedule.apply(self.optimizer)
@@ -372,29 +418,41 @@ class Trainer:
         cfg = self.config
         sums = runtime.sum_floats(self.context, self.epoch_sums)
         metrics = validate(self.model, self.valid_loader, self.valid_set, self.context, self.precision, cfg.multi_label,
-                           cfg.reports_accuracy)
+                           cfg.reports_accuracy, present=self.present.numpy())
+        self.report_lengths()
         if self.averager is not None and self.averager.wants(self.epoch):
             self.averager.update(self.model)
         clips = max(sums[4], 1.0)
         row: dict[str, Any] = {"epoch": self.epoch, "step": self.schedule.step, "lr": self.schedule.lr(),
                                "train/loss": sums[0] / clips, "train/label": sums[1] / clips,
-                               "train/kd": sums[2] / clips, "train/teacher_coverage": sums[3] / clips}
+                               "train/kd": sums[2] / clips, "train/teacher_coverage": sums[3] / clips,
+                               "train/label_present": sums[5] / clips}
         row.update({f"valid/{key}": value for key, value in metrics.items() if key != "clips"})
         row["train/clips_per_s"] = self.session_clips * self.context.world_size / max(self.epoch_seconds, 1e-9)
         self.history.append(row)
         if cfg.keep_epoch_checkpoints and self.context.is_main:
             from pipeline.checkpoint import save_student
 
-            save_student(cfg.out / f"epoch_{self.epoch}.pt", self.model, self.student_config(),
+            save_student(cfg.out / f"epoch_{self.epoch}.safetensors", self.model, self.student_config(),
                          {"epoch": self.epoch, "metrics": metrics})
         self.epoch += 1
         self.batches_done = 0
-        self.epoch_sums = [0.0] * 5
+        self.epoch_sums = [0.0] * SUMS
         self.save(finished=False)
         self.runlog.epoch(self.history)
 
+    def report_lengths(self) -> None:
+        """After this session's first epoch: how the clips it drew fit --target-frames (one line, if worth one)."""
+        if self.lengths is None:
+            return
+        tally = self.lengths.merge(runtime.gather_objects(self.context, self.lengths))
+        self.lengths = None
+        message = tally.message(self.epoch)
+        if message and self.context.is_main:
+            log.warning("%s", message)
+
     def finish(self) -> None:
-        """The weight-averaged model (or the last one) is validated and written as student.pt."""
+        """The weight-averaged model (or the last one) is validated and written as student.safetensors."""
         from pipeline.checkpoint import save_student
         from pipeline.core.atomic import write_json_atomic
 
@@ -403,7 +461,7 @@ class Trainer:
         if averaged:
             self.model.load_state_dict(self.averager.averaged_state(self.model))
             metrics = validate(self.model, self.valid_loader, self.valid_set, self.context, self.precision,
-                               cfg.multi_label, cfg.reports_accuracy)
+                               cfg.multi_label, cfg.reports_accuracy, present=self.present.numpy())
             if self.averager.end > cfg.epochs and self.context.is_main:
                 log.warning("weight averaging used epochs %d..%d (--wa-end %d is past the last epoch)",
                             self.averager.start, cfg.epochs, self.averager.end)
@@ -427,7 +485,8 @@ class Trainer:
     def student_config(self) -> dict[str, Any]:
         cfg = self.config
         return {
-            "norm_mean": cfg.norm_mean, "norm_std": cfg.norm_std, "multi_label": cfg.multi_label,
+            "norm_mean": cfg.norm_mean, "norm_std": cfg.norm_std, "norm_source": cfg.norm_source,
+            "multi_label": cfg.multi_label,
             "main_metric": cfg.main_metric,
             "label_csv_sha256": getattr(self.label_set, "sha256", None), "tome_r": cfg.tome_r,
             "tome_r_per_layer": list(self.tome_r_layers), "target_frames": cfg.target_frames,

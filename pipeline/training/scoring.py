@@ -60,18 +60,25 @@ def gather_predictions(context: runtime.Context, indices: np.ndarray, logits: np
     return ordered
 
 
-def validation_loss(targets: np.ndarray, logits: np.ndarray, multi_label: bool) -> float:
-    """The training loss's label term on the validation clips: BCE, or cross-entropy for single-label tasks."""
+def validation_loss(targets: np.ndarray, logits: np.ndarray, multi_label: bool,
+                    classes: np.ndarray | None = None) -> float:
+    """The training loss's label term on the validation clips: BCE, or cross-entropy for single-label tasks.
+    `classes`: BCE over these columns only (the classes the training set has; cross-entropy ignores it)."""
     z = torch.from_numpy(logits).double()
     y = torch.from_numpy(targets).double()
     if multi_label:
+        if classes is not None:
+            index = torch.from_numpy(np.asarray(classes, dtype=np.int64))
+            z, y = z[:, index], y[:, index]
         return torch.nn.functional.binary_cross_entropy_with_logits(z, y).item()
     return torch.nn.functional.cross_entropy(z, y.argmax(dim=1)).item()
 
 
 def validate(model: nn.Module, loader: DataLoader, dataset: ClipDataset, context: runtime.Context,
-             precision: Precision, multi_label: bool, with_accuracy: bool | None = None) -> dict[str, float]:
-    """Metrics over the whole validation set on rank 0; {} on the other ranks (they only predict)."""
+             precision: Precision, multi_label: bool, with_accuracy: bool | None = None,
+             present: np.ndarray | None = None) -> dict[str, float]:
+    """Metrics over the whole validation set on rank 0; {} on the other ranks (they only predict).
+    With `present` (the classes the training set has), also `label_present`: the loss over those alone."""
     indices, logits = predict_shard(model, loader, DeviceInputs(dataset.features, context.device), precision)
     ordered = gather_predictions(context, indices, logits, len(dataset))
     if ordered is None:
@@ -79,6 +86,8 @@ def validate(model: nn.Module, loader: DataLoader, dataset: ClipDataset, context
     targets = dataset.clips.targets()
     scores = score(targets, ordered, multi_label, with_accuracy)
     metrics = {"loss": validation_loss(targets, ordered, multi_label),
+               **({"label_present": validation_loss(targets, ordered, multi_label, present)} if present is not None
+                  else {}),
                **{key: scores[key] for key in ("mAP", "mAUC", "d_prime", "accuracy") if key in scores}}
     metrics["clips"] = float(len(dataset))
     return metrics
