@@ -8,7 +8,7 @@ import torchaudio.compliance.kaldi as kaldi
 
 from student.errors import StudentError
 from student.features import normalize, wave_to_fbank
-from student.frontend import BatchFbank, kaldi_mel_banks
+from student.frontend import BatchFbank, bank_blocks, kaldi_mel_banks
 
 MEAN, STD = -4.2677393, 4.5689974
 
@@ -32,6 +32,10 @@ def test_mel_banks_are_kaldis() -> None:
     ours = kaldi_mel_banks(128)
     assert ours.shape == (128, 257) and torch.all(ours[:, -1] == 0)
     torch.testing.assert_close(ours[:, :256], reference, atol=1e-4, rtol=0)
+    covered = torch.zeros_like(ours, dtype=torch.bool)  # the blocks the fbank multiplies by reach every weight
+    for first, end, low, high in bank_blocks(ours):
+        covered[first:end, low:high] = True
+    assert torch.all(covered[ours != 0]) and covered.float().mean() < 0.2
 
 
 @pytest.mark.parametrize("device", DEVICES)
