@@ -69,7 +69,7 @@ def _make_eval_set(root: Path, count: int = 10, seed: int = 0) -> EvalSet:
     datafile.write_text(json.dumps({"data": entries}), encoding="utf-8")
     torch.manual_seed(seed)
     model = create_ast("tiny224", num_classes=len(CLASSES), input_tdim=64, fstride=16, tstride=16)
-    checkpoint = root / "student.pt"
+    checkpoint = root / "student.safetensors"  # what fat train writes
     save_student(checkpoint, model, {
         "norm_mean": NORM[0], "norm_std": NORM[1], "multi_label": True, "tome_r": "0",
         "label_csv_sha256": hashlib.sha256(labels.read_bytes()).hexdigest(), "target_frames": 64, "num_mel_bins": 128,
@@ -129,16 +129,25 @@ def test_the_batch_feature_path_gives_the_per_clip_paths_logits(eval_set: EvalSe
     assert np.abs(ours - _expected_scores(eval_set, 0)).max() <= 1e-4
 
 
-def test_evaluate_writes_metrics_speed_flops_tokens_for_every_r(eval_set: EvalSet, tmp_path: Path) -> None:
+def test_evaluate_writes_metrics_speed_flops_tokens_for_every_r(eval_set: EvalSet, tmp_path: Path, caplog) -> None:
+    from pipeline.evaluate.scoring import chance_map
     from pipeline.metrics import multilabel_metrics
 
     oracle = (6.0 * (2 * eval_set.targets - 1)).astype(np.float32)
     store = _write_teacher(tmp_path / "teacher.h5", eval_set.ids, oracle, eval_set.labels, random_init=True)
     out = tmp_path / "reports"
+    caplog.set_level("INFO")
     code = main(["evaluate", "--checkpoint", str(eval_set.checkpoint), "--datafile", str(eval_set.datafile),
                  "--teacher-logits", str(store), "--r", "0", "2", "4", "--batch-size", "4",
-                 "--warmup-batches", "1", "--timed-batches", "1", "--rounds", "2", "--device", "cpu", "--threads", "1", "--out-dir", str(out)])
+                 "--warmup-batches", "1", "--timed-batches", "1", "--rounds", "2", "--device", "cpu", "--threads", "1",
+                 "--out-dir", str(out), "--progress-every", "0"])
     assert code == 0
+    # each phase says when it starts, and the scoring pass how far it is (here: after every batch of 4)
+    said = [record.getMessage() for record in caplog.records]
+    assert "student: scoring at r = 0 2 4: 10 clips" in said
+    assert [line.split(", ")[0] for line in said if line.startswith("  student: scoring")] == \
+        [f"  student: scoring at r = 0 2 4: {done} / 10 clips" for done in (4, 8, 10)]
+    assert "student: timing r = 0 2 4 on cpu, 1 threads: 2 rounds of 1 batches of 4 clips each" in said
     report = json.loads((out / "eval.json").read_text())
     students = report["student"]
     assert list(students) == ["r=0", "r=2", "r=4"]
@@ -156,6 +165,8 @@ def test_evaluate_writes_metrics_speed_flops_tokens_for_every_r(eval_set: EvalSe
     assert report["teacher"]["random_init"] is True
     table = (out / "eval.md").read_text()
     assert "| student | 4 |" in table and "teacher mn10_as" in table and RANDOM_INIT_WARNING in table
+    assert f"a random ranking scores mAP ≈ {chance_map(eval_set.targets):.3f} on average" in table
+    assert report["eval"]["chance_mAP"] == chance_map(eval_set.targets)
     png = (out / "tradeoff.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
@@ -182,16 +193,17 @@ def test_bad_inputs_fail_with_a_clear_message(eval_set: EvalSet, tmp_path: Path,
 
 def test_compared_checkpoint_lands_beside_the_r_sweep(eval_set: EvalSet, tmp_path: Path) -> None:
     """A stride baseline (here: another student file) is evaluated at r = 0 on the same chart."""
-    import shutil
+    from pipeline.checkpoint import load_student, save_student
 
-    stride = tmp_path / "stride16" / "student.pt"
+    stride = tmp_path / "stride16" / "student.pt"  # the older torch form, still read
     stride.parent.mkdir()
-    shutil.copy(eval_set.checkpoint, stride)
+    save_student(stride, *load_student(eval_set.checkpoint))
     out = tmp_path / "reports"
     assert main(["evaluate", "--checkpoint", str(eval_set.checkpoint), "--datafile", str(eval_set.datafile),
-                 "--r", "0", "2", "--compare", str(stride), "--timed-batches", "1", "--rounds", "1", "--device", "cpu", "--threads", "1",
+                 "--r", "0", "2", "--compare", str(stride), "--timed-batches", "1", "--rounds", "1", "--device", "cpu",
                  "--out-dir", str(out)]) == 0
     report = json.loads((out / "eval.json").read_text())
+    assert ", 1 threads" in report["eval"]["device"]  # the default: one core, timings that hold on a shared machine
     assert report["compare"]["stride16"]["mAP"] == pytest.approx(report["student"]["r=0"]["mAP"])
     assert "teacher" not in report
 
@@ -205,6 +217,39 @@ def test_report_rendering_handles_undefined_metrics() -> None:
     assert rows_to_json([row], {"chance_mAP": float("nan")})["eval"]["chance_mAP"] is None  # DVC reads no NaN
     table = markdown_table([row], True, {})
     assert "nan" not in table.lower() and "| – |" in table
+
+
+def _ap_of_rankings(relevant: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """AP of each ranking (row of `order`, best first) of items whose relevance is `relevant`: the mean
+    over the relevant items of the precision at their rank."""
+    hits = relevant[order]                                  # (rankings, N), 1 where a relevant item lands
+    precision = np.cumsum(hits, axis=1) / np.arange(1, order.shape[1] + 1)
+    return (precision * hits).sum(axis=1) / relevant.sum()
+
+
+def test_chance_is_the_mean_map_of_random_rankings() -> None:
+    """eval.md's chance figure is what a random ranking scores on average: the exact expected AP per
+    class, checked against 20,000 seeded random rankings (standard error < 0.001); rare classes in a
+    small set lift it well above the share of positives."""
+    from sklearn.metrics import average_precision_score
+
+    from pipeline.evaluate.scoring import chance_map, expected_random_ap
+
+    targets = np.zeros((30, 5), np.float32)
+    for column, positives in enumerate((1, 2, 5, 15, 30)):  # the last has no negatives: it does not count
+        targets[:positives, column] = 1
+    rng = np.random.default_rng(0)
+    orders = np.argsort(rng.random((20000, 30)), axis=1)
+    for column in range(4):  # the AP computed here is sklearn's
+        scores = np.empty(30)
+        scores[orders[column]] = np.arange(30, 0, -1)
+        assert _ap_of_rankings(targets[:, column], orders[column:column + 1])[0] == pytest.approx(
+            average_precision_score(targets[:, column], scores))
+    drawn = np.mean([_ap_of_rankings(targets[:, column], orders).mean() for column in range(4)])
+    assert chance_map(targets) == pytest.approx(drawn, abs=0.003)
+    share = float(np.mean([1, 2, 5, 15]) / 30)
+    assert chance_map(targets) > share + 0.05
+    assert expected_random_ap(55, 2) == pytest.approx(0.1005, abs=1e-4) and expected_random_ap(7, 7) == 1.0
 
 
 def test_undefined_norm_is_an_error() -> None:

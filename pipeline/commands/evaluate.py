@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Throughput is the model forward alone on one batch of real eval features, after warm-up,\n"
             "synchronised on CUDA, on --device; the r settings take turns over --rounds rounds and each\n"
             "keeps its median (so background load hits all alike).\n"
-            "Example: fat evaluate --checkpoint models/student/student.pt --datafile data/datafiles/eval/eval.json \\\n"
+            "Example: fat evaluate --checkpoint models/student/student.safetensors --datafile data/datafiles/eval/eval.json \\\n"
             "           --teacher-logits data/logits/mn10_as.h5 --r 0 8 16"
         ),
         settings=EvaluateSettings,

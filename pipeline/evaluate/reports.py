@@ -109,7 +109,7 @@ def _chance_note(context: dict[str, Any], multi_label: bool) -> str:
     chance = context.get("chance_mAP")
     if not multi_label or not isinstance(chance, float) or not math.isfinite(chance):
         return ""
-    return f"; a random ranking scores mAP ≈ {chance:.3f}"
+    return f"; a random ranking scores mAP ≈ {chance:.3f} on average"
 
 
 def _fmt(value: float | None, digits: int) -> str:

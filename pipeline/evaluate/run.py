@@ -20,6 +20,7 @@ from pipeline.clip_audio import open_clip_audio
 from pipeline.datafile import ClipList, LabelSet, label_csv_beside, load_clips, load_label_csv
 from pipeline.dataset import ClipDataset, DeviceInputs, collate_clips
 from pipeline.evaluate.compiled import compile_and_warm
+from pipeline.evaluate.progress import Progress
 from pipeline.evaluate.reports import write_reports
 from pipeline.evaluate.rows import EvalRow, primary_metric
 from pipeline.evaluate.scoring import chance_map, predict_all_r, ranks_by_map
@@ -56,9 +57,11 @@ def _loader(clips: ClipList, config: dict[str, Any], batch_size: int, workers: i
 def evaluate_student(path: Path, name: str, kind: str, r_settings: Sequence[str], clips: ClipList,
                      targets: np.ndarray, num_classes: int, timing: TimingSettings, workers: int,
                      label_sha256: str | None, metric: str = "auto",
-                     packed: Sequence[Path] = (), compile: bool = False) -> tuple[list[EvalRow], dict[str, Any]]:
-    """Rows (one per r) for one student checkpoint; also returns its config. `compile`: torch.compile
-    first, every r's graph built (and timed apart) before scoring."""
+                     packed: Sequence[Path] = (), progress_every: float = 30.0,
+                     compile: bool = False) -> tuple[list[EvalRow], dict[str, Any]]:
+    """Rows (one per r) for one student checkpoint; also returns its config. Logs each phase as it
+    starts (scoring, timing) and the scoring pass's clips every `progress_every` seconds. `compile`:
+    torch.compile first, every r's graph built (and timed apart) before scoring."""
     model, config = load_student(path, map_location=timing.device)
     if int(config["num_classes"]) != num_classes:
         raise FatError(f"{path}: the student predicts {config['num_classes']} classes, the eval labels have {num_classes}")
@@ -76,7 +79,11 @@ def evaluate_student(path: Path, name: str, kind: str, r_settings: Sequence[str]
     inputs = DeviceInputs(student_features(config), timing.device)  # the features fat train computes
     batch = timing_batch(loader, inputs, timing.batch_size)
     compile_seconds = compile_and_warm(model, batch, r_settings, timing, name) if compile else {}
-    scores, _ = predict_all_r(model, loader, inputs, r_settings, timing)
+    progress = Progress(f"{name}: scoring at r = {' '.join(r_settings)}", len(clips), progress_every)
+    scores, _ = predict_all_r(model, loader, inputs, r_settings, timing, progress.update)
+    log.info("%s: timing r = %s on %s, %d threads: %d rounds of %d batches of %d clips each", name,
+             " ".join(r_settings), timing.device, torch.get_num_threads(), timing.rounds, timing.timed_batches,
+             timing.batch_size)
     speeds = measure_throughput(model, batch, r_settings, timing)
     rows = []
     for r in r_settings:
@@ -111,13 +118,14 @@ def run_evaluation(settings: EvaluateSettings) -> list[EvalRow]:
         store = open_teacher_store(settings.teacher_logits, len(labels), settings.allow_incomplete_teacher, label_sha)
     rows, config = evaluate_student(settings.checkpoint, "student", "student", settings.r, clips, targets,
                                     len(labels), timing, settings.workers, label_sha, settings.metric,
-                                    settings.packed, compile=settings.compile)
+                                    settings.packed, settings.progress_every, compile=settings.compile)
     multi_label = ranks_by_map(settings.metric, config, targets, clips)
     for other in settings.compare:
         # Compared students are scored with the main student's metric, whatever they were trained with.
         other_rows, _ = evaluate_student(
             other, _compare_name(other), "compare", ("0",), clips, targets, len(labels), timing, settings.workers,
-            label_sha, "map" if multi_label else "accuracy", settings.packed, compile=settings.compile)
+            label_sha, "map" if multi_label else "accuracy", settings.packed, settings.progress_every,
+            compile=settings.compile)
         rows += other_rows
     if store is not None:
         teacher = teacher_row(store, ids, targets, multi_label)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.packed.settings import packed_option
-from pipeline.settings import device_option, nested, option, precision_option, threads_option
+from pipeline.settings import device_option, nested, option, precision_option
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,12 +48,18 @@ class EvaluateSettings:
                 "single-label (cross-entropy) student and mAP otherwise; mAP, mean AUC and d' are always reported",
         choices=("auto", "map", "accuracy"))
     timing: TimingSettings = nested(TimingSettings)
-    threads: int = threads_option()
+    # One thread by default, unlike the other stages' torch default (every core): evaluate's product is a
+    # timing, and on a shared machine more threads spin against the other work. The demo's evaluate on a
+    # loaded 2-core VM: 1 thread 20 s and 150-175 clips/s at r = 0, 2 threads 38-45 s and 51-76 clips/s
+    # (docs/benchmarks.md, "Evaluate: CPU threads").
+    threads: int = option(1, "torch CPU threads of this process; 0 = torch's default, every core (on a shared "
+                             "machine that can be several times slower: docs/benchmarks.md)", unit="threads", minimum=0)
     workers: int = option(0, "DataLoader worker processes for audio decoding (0: in-process)", minimum=0)
     limit: int | None = option(None, "evaluate only the first N clips (default: all)", minimum=1, metavar="N")
     compile: bool = option(False, "torch.compile the student (merging included) for scoring and timing; each r's "
                                   "compile time is reported apart (eval.json compile_seconds), eager with a warning "
                                   "where it cannot compile")
+    progress_every: float = option(30.0, "time between progress lines of the scoring pass", unit="s", minimum=0)
     out_dir: Path = option(Path("reports"), "folder for eval.json, eval.md, tradeoff.png")
 
     def __post_init__(self) -> None:
