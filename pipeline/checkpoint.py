@@ -1,9 +1,10 @@
 """Trained student files: the weights plus everything needed to rebuild the model and its input.
 
 Two forms, chosen by the file name (`save_student`), both read by `load_student`:
-- `*.safetensors`: the tensors in safetensors, and {"format": SAFETENSORS_FORMAT, "config": JSON,
-  "extra": JSON} in its header metadata: one self-contained file read without any pickle.
-- anything else (`student.pt`): a torch pickle of plain types only (loadable with weights_only=True):
+- `*.safetensors` (what `fat train` writes): the tensors in safetensors, and {"format":
+  SAFETENSORS_FORMAT, "config": JSON, "extra": JSON} in its header metadata: one self-contained
+  file read without any pickle.
+- anything else (the `student.pt` of older runs): a torch pickle of plain types only (loadable with weights_only=True):
   {"format": FORMAT, "config": {...}, "state_dict": {...}, "extra": {...}}.
 `config` always contains the model's own constructor settings (size, num_classes, input_fdim,
 input_tdim, fstride, tstride; a custom size or LayerNorm eps adds theirs) and whatever the trainer
