@@ -9,6 +9,13 @@ Device side: `pipeline.dataset.DeviceInputs.training` on a batch of 32 (resample
 mixup 0.5 + fbank + SpecAugment 48/192 + normalise) in ms per clip, against a base384
 forward + backward on the same device (`--device`; a small `--model-batch` on the CPU, scaled
 per clip), as a share of it.
+Feature cost against the per-clip path (`--features-only` runs just this): CPU time per clip of
+`student.frontend.BatchFbank` (evaluation features) and of `DeviceInputs.training` (mixup 0.5 +
+fbank + SpecAugment 48/192 + normalise) on one batch of 32 10 s 32 kHz clips, against the per-clip
+torchaudio path the batched one replaced (`student.features.wave_to_fbank` clip by clip, mixing
+with the same partners and λ), under the same torch thread count, in interleaved rounds; the
+ratio is batched ÷ per-clip (≤ 1.0: the batch costs no more), with the largest difference of
+the two paths' features (must stay ≤ 1e-4).
 Model side: a full training step (forward, loss, backward, Adam) of AST tiny224 and base384 at
 stride 10/10 (1212 patches) for each r, on this machine's CPU threads. Without a GPU, the H100
 step rate is estimated from the analytic FLOPs: 3 × forward FLOPs per clip (forward + backward)
@@ -17,6 +24,7 @@ at an assumed bf16 model-FLOPs utilisation of the H100's dense peak.
     python -m bench.train_input                       # defaults below (-m: bench/student.py would shadow the package)
     python -m bench.train_input --sizes tiny224 --r 0 8 16 32 --steps 3
     python -m bench.train_input --device cuda --packed     # where a GPU exists
+    python -m bench.train_input --features-only            # the feature-cost ratios only
 """
 
 from __future__ import annotations
@@ -121,6 +129,90 @@ def device_side(dataset: Any, device: torch.device, batch: int, model_batch: int
     return feature_ms, model_ms
 
 
+def per_clip_features(batch: dict[str, torch.Tensor], features: Any) -> torch.Tensor:
+    """The per-clip path BatchFbank replaced: torchaudio's kaldi fbank clip by clip, normalised."""
+    from student.features import normalize, wave_to_fbank
+
+    rate = int(batch["rate"])
+    return torch.stack([normalize(wave_to_fbank(wave[:length], rate, features.target_frames), features.mean,
+                                  features.std) for wave, length in zip(batch["wave"], batch["length"].tolist())])
+
+
+def per_clip_training(batch: dict[str, torch.Tensor], features: Any, augment: Any,
+                      generator: torch.Generator) -> torch.Tensor:
+    """The per-clip training item on in-memory clips: the same mixup plan, then fbank, SpecAugment, normalise."""
+    from student.augment import MixPlan
+    from student.features import normalize, spec_augment, wave_to_fbank
+
+    waves, lengths, rate = batch["wave"], batch["length"].tolist(), int(batch["rate"])
+    plan = MixPlan.draw(len(lengths), augment.mixup, generator)
+    items = []
+    for row, length in enumerate(lengths):
+        wave = waves[row, :length] - waves[row, :length].mean()
+        if plan.lam[row] < 1:
+            partner = int(plan.partner[row])
+            other = waves[partner, : lengths[partner]] - waves[partner, : lengths[partner]].mean()
+            other = torch.nn.functional.pad(other, (0, max(0, length - other.shape[0])))[:length]
+            lam = float(plan.lam[row])
+            wave = lam * wave + (1 - lam) * other
+        fbank = wave_to_fbank(wave, rate, features.target_frames)
+        items.append(normalize(spec_augment(fbank, augment.freqm, augment.timem, generator=generator),
+                               features.mean, features.std))
+    return torch.stack(items)
+
+
+def feature_ratios(dataset: Any, batch_size: int, rounds: int, threads: int) -> dict[str, float]:
+    """CPU ms per clip of the batched and per-clip feature paths, and their ratios, with `threads` torch threads.
+
+    CPU time (time.process_time), not wall time: other processes on a shared machine do not
+    count. The four paths run in turn in every round and each one's median is kept, so a
+    burst of load hits all of them alike.
+    """
+    import statistics
+
+    from pipeline.dataset import Augment, DeviceInputs, Features, batch_generator, collate_clips
+
+    batch = collate_clips([dataset[k % len(dataset)] for k in range(batch_size)])
+    features = Features(1024, 128)
+    augment = Augment(mixup=0.5, freqm=48, timem=192)
+    inputs = DeviceInputs(features, "cpu")
+    paths = {
+        "fbank per clip": lambda step: per_clip_features(batch, features),
+        "fbank batched": lambda step: inputs.evaluation(batch),
+        "training per clip": lambda step: per_clip_training(batch, features, augment, batch_generator(0, 1, step)),
+        "training batched": lambda step: inputs.training(batch, augment, batch_generator(0, 1, step)).features,
+    }
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        difference = (paths["fbank batched"](0) - paths["fbank per clip"](0)).abs().max().item()  # also the warm-up
+        paths["training per clip"](0), paths["training batched"](0)
+        seconds: dict[str, list[float]] = {name: [] for name in paths}
+        for step in range(1, rounds + 1):
+            for name, work in paths.items():
+                start = time.process_time()
+                work(step)
+                seconds[name].append(time.process_time() - start)
+    finally:
+        torch.set_num_threads(before)
+    ms = {name: 1000 * statistics.median(times) / batch_size for name, times in seconds.items()}
+    return {**ms, "fbank ratio": ms["fbank batched"] / ms["fbank per clip"],
+            "training ratio": ms["training batched"] / ms["training per clip"], "max difference": difference}
+
+
+def print_feature_ratios(dataset: Any, batch_size: int, rounds: int, thread_counts: list[int]) -> None:
+    print(f"\nfeature cost, batch of {batch_size} clips of 10 s at 32 kHz, CPU ms per clip (median of {rounds} "
+          "interleaved rounds):")
+    print(f"  {'threads':>7s} {'fbank/clip':>10s} {'batched':>8s} {'ratio':>6s}   {'training/clip':>13s} "
+          f"{'batched':>8s} {'ratio':>6s}   {'max |batched - per clip|':>24s}")
+    for threads in thread_counts:
+        r = feature_ratios(dataset, batch_size, rounds, threads)
+        print(f"  {threads:7d} {r['fbank per clip']:10.2f} {r['fbank batched']:8.2f} {r['fbank ratio']:5.2f}x   "
+              f"{r['training per clip']:13.2f} {r['training batched']:8.2f} {r['training ratio']:5.2f}x   "
+              f"{r['max difference']:24.2e}")
+    print("  (ratio = batched ÷ per-clip CPU time; training = mixup 0.5 + fbank + SpecAugment 48/192 + normalise)")
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -184,6 +276,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of the device side (count)")
     parser.add_argument("--packed", action="store_true", help="also time a `fat pack` FLAC store of the clips")
     parser.add_argument("--no-steps", action="store_true", help="skip the training-step table")
+    parser.add_argument("--features-only", action="store_true",
+                        help="only the feature-cost ratios (batched against per-clip CPU time)")
+    parser.add_argument("--feature-rounds", type=int, default=5,
+                        help="interleaved timed rounds of each feature path (count)")
+    parser.add_argument("--feature-threads", type=int, nargs="+", default=None,
+                        help="torch thread counts to compare the feature paths under (default: 1 and this machine's)")
     args = parser.parse_args()
 
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch threads, "
@@ -196,6 +294,10 @@ def main() -> None:
         datafile, labels = write_clips(Path(tmp), args.clips, 10.0)
         clips = load_clips([datafile], load_label_csv(labels), require_files=True)
         stores = {"WAV": ClipDataset(clips, Features(1024, 128))}
+        thread_counts = args.feature_threads or sorted({1, torch.get_num_threads()})
+        print_feature_ratios(stores["WAV"], args.feature_batch, args.feature_rounds, thread_counts)
+        if args.features_only:
+            return
         if args.packed:
             if "packed" not in inspect.signature(ClipDataset).parameters:
                 raise SystemExit("--packed needs ClipDataset's `packed` setting (packed-audio integration)")

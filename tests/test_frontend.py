@@ -41,11 +41,12 @@ def test_mel_banks_are_kaldis() -> None:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("rate", [16000, 32000, 44100])
 def test_a_batch_of_different_lengths_equals_the_per_clip_path(device: str, rate: int) -> None:
-    """Within 1e-4 of AST's per-clip features; padding never leaks into a shorter clip's frames."""
-    waves, lengths = _batch(rate, [10.0, 3.3, 1.0, 0.2])
+    """Within 1e-4 of AST's per-clip features; padding never leaks into a shorter clip's frames; clips of one
+    length (resampled in one call on a GPU) too."""
+    waves, lengths = _batch(rate, [10.0, 3.3, 1.0, 0.2, 3.3])
     frontend = BatchFbank(1024, 128, MEAN, STD).to(device)
     batch = frontend(waves.to(device), lengths.to(device), rate).cpu()
-    assert batch.shape == (4, 1024, 128)
+    assert batch.shape == (5, 1024, 128)
     for row, length in enumerate(lengths.tolist()):
         reference = normalize(wave_to_fbank(waves[row, :length], rate, 1024), MEAN, STD)
         assert (batch[row] - reference).abs().max().item() <= 1e-4, f"clip {row} ({length} samples at {rate} Hz)"
