@@ -2,11 +2,13 @@
 
 Waveforms arrive zero-padded to one length with their true lengths beside them; every step
 (resampling to 16 kHz, whole-clip mean removal, Kaldi framing and log-mel fbank, pad/cut to the
-model's frames, normalisation) works on the batch at once and keeps each clip's frames its
-own: frames that would reach into the padding are zeroed, as AST's per-clip zero padding
-does. The result equals `torchaudio.compliance.kaldi.fbank` applied clip by clip with AST's
-settings (Hanning window, 25 ms / 10 ms, 512-point FFT, per-frame DC removal, pre-emphasis
-0.97, power spectrum, 128 Kaldi mel bands 20 Hz – Nyquist, log floored at float32 eps).
+model's frames, normalisation) works on many clips at once (the whole batch on a GPU, a few
+clips at a time on a CPU, where whole-batch temporaries cost more than the arithmetic) and keeps
+each clip's frames its own: frames that would reach into the padding are zeroed, as AST's
+per-clip zero padding does. The result equals `torchaudio.compliance.kaldi.fbank` applied clip
+by clip with AST's settings (Hanning window, 25 ms / 10 ms, 512-point FFT, per-frame DC removal,
+pre-emphasis 0.97, power spectrum, 128 Kaldi mel bands 20 Hz – Nyquist, log floored at float32
+eps): everything before the FFT in torchaudio's order of operations, bit for bit.
 """
 
 from __future__ import annotations
