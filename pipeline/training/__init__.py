@@ -5,7 +5,8 @@
     result = train(TrainConfig(train=..., valid=..., out=..., teacher=...))
 
 Modules: config (the settings, which are also the `fat train` options), loop (the run), schedule
-(warm-up + step decay), averaging (weight averaging), scoring (per-epoch validation scores), logs (CSV +
-DVCLive), state (resume). Device, precision and torchrun: pipeline.runtime. This package file
+(warm-up + step decay, and what a run never reaches of it), averaging (weight averaging), scoring
+(per-epoch validation scores), logs (CSV + DVCLive), state (resume), head_prior (the head's starting
+bias), label_noise (the KD test bed), lengths (how the clips fit --target-frames). Device, precision and torchrun: pipeline.runtime. This package file
 imports nothing, so that the CLI can read TrainConfig without loading torch.
 """
