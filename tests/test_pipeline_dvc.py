@@ -91,6 +91,7 @@ _COMMANDS = {
     "oracle": ["logits"],
     "train": ["train"],
     "evaluate": ["evaluate"], "prepare": ["prepare", "speechcommands"], "finetune": ["finetune-teacher"],
+    "tune_r": ["tune-r"],
     "report": ["folds-report", "eval.json"],
 }
 # what pipelines/esc50.yaml adds per fold to a section (its paths are the fold's, not params)
@@ -277,7 +278,7 @@ def test_demo_pipeline_under_dvc(tmp_path: Path) -> None:
     first = _dvc(repo, env, "repro")
     assert _ran(first) == {"demo_corpus", "metadata", "download@balanced_train", "download@eval",
                            "validate@balanced_train", "validate@eval", "pack@balanced_train", "pack@eval",
-                           "logits", "oracle", "train", "evaluate"}
+                           "logits", "oracle", "train", "evaluate", "tune_r"}
     assert not _dvc_complaints(first), first
     _check_stage_outputs(repo)
     _check_cache_is_intact_and_linked(repo)
@@ -287,15 +288,15 @@ def test_demo_pipeline_under_dvc(tmp_path: Path) -> None:
     _commit(repo, env, "demo run")
     assert _dvc(repo, env, "status").strip() == "Data and pipelines are up to date."  # nothing else collected
 
-    # A training change reruns train and evaluate only, in a temporary copy of the repository
-    # (as queued experiments run): everything earlier comes from the DVC cache there.
+    # A training change reruns train and evaluate only (and tune_r, a no-op in the demo), in a temporary
+    # copy of the repository (as queued experiments run): everything earlier comes from the DVC cache there.
     train_exp = _dvc(repo, env, "exp", "run", "--temp", "-S", "train.seed=1", "-n", "seed1")
-    assert _ran(train_exp) == {"train", "evaluate"}, train_exp
+    assert _ran(train_exp) == {"train", "evaluate", "tune_r"}, train_exp  # tune_r: skipped in the demo's params
     assert not _dvc_complaints(train_exp), train_exp  # e.g. no "No file hash info found" for other pipelines
 
     # A teacher change (here: its input length) reruns logits → train → evaluate, never download.
     teacher_exp = _dvc(repo, env, "exp", "run", "-S", "logits.clip_seconds=1.5", "-n", "teacher1")
-    assert _ran(teacher_exp) == {"logits", "train", "evaluate"}, teacher_exp
+    assert _ran(teacher_exp) == {"logits", "train", "evaluate", "tune_r"}, teacher_exp
     _check_cache_is_intact_and_linked(repo)
 
     # each experiment's reports/metrics.json reaches `dvc exp show` through the cache
