@@ -388,6 +388,7 @@ def test_speechcommands_pipeline_under_dvc(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_esc50_pipeline_runs_five_folds_and_reports_mean_and_std(tmp_path: Path) -> None:
     """A fake ESC-50 release (3 classes, one clip of each per fold) through pipelines/esc50.yaml: every fold
     fine-tunes its teacher on the other four, writes its logits, trains a KD student and evaluates it; the
