@@ -27,6 +27,7 @@ def graph_capture_only(monkeypatch):
     torch._dynamo.reset()
 
 
+@pytest.mark.heavy  # about a minute of graph building on 2 cores; bench and predict cover --compile in CI
 def test_evaluate_compiled_scores_as_eager_and_reports_compile_time_apart(tmp_path: Path) -> None:
     eval_set = _make_eval_set(tmp_path / "set", count=6)
     out = tmp_path / "reports"

@@ -29,6 +29,9 @@ from tests.test_pipeline_dvc import ROOT, _commit, _dvc, _dvc_complaints, _make_
 
 README = ROOT / "README.md"
 VIEWS = ("dvc metrics show", "dvc exp show", "dvc plots show", "dvc plots diff")
+# The unshrunk demo plus a queued experiment: about 6.5 minutes on 2 cores, too much for CI's 20 (pyproject).
+pytestmark = pytest.mark.heavy
+
 TERMINAL_COLUMNS = 132  # a wide terminal; DVC's experiment, time and model-hash columns take about 90
 TOLERANCE = {"mAP": 0.01, "mAUC": 0.01, "d'": 0.05}
 EXACT = ("model", "r", "GFLOPs/clip", "tokens in→out", "clips")
