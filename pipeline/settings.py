@@ -286,6 +286,17 @@ def from_args(cls: type, args: argparse.Namespace) -> Any:
     return cls(**values)
 
 
+def plain_dict(settings: Any) -> dict[str, Any]:
+    """A settings dataclass as plain types (paths as str, tuples as lists): what a state or model file
+    loaded with weights_only=True, a safetensors header or a log can hold."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+    return {key: plain(value) for key, value in dataclasses.asdict(settings).items()}
+
+
 def check_values(settings: Any) -> None:
     """Refuse a value outside its field's `choices` or its `minimum` / `above` / `maximum` bounds (a FatError naming
     the option and the value), nested settings included: the same rules for a dataclass built in code as for the command line."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,14 +29,11 @@ from torch.utils.data import DataLoader
 
 from pipeline import runtime
 from pipeline.core.errors import FatError
-from pipeline.core.workers import ignore_sigterm, killed_on_error
 from pipeline.finetune.augment import Recipe, augment_waves, mixup_spectrograms
 from pipeline.finetune.schedule import RampSchedule
 from pipeline.finetune.settings import RESUME_INVARIANT, FinetuneSettings
-from pipeline.training.logs import RunLog
-from pipeline.training.state import (
-    STATE_NAME, check_compatible, check_same_data, load_state, rng_state, save_state, set_rng_state,
-)
+from pipeline.training.session import EpochSession, run_in_context, worker_init
+from pipeline.training.state import STATE_NAME, check_compatible, load_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -55,32 +51,20 @@ class FinetuneResult:
     teacher_path: Path | None = None
 
 
-def worker_init(_worker_id: int) -> None:
-    """Workers leave SIGTERM to the main process (which saves and stops them) and decode on one thread."""
-    ignore_sigterm()
-    runtime.set_threads(1)
-
-
 def finetune(settings: FinetuneSettings) -> FinetuneResult:
     """Run (or resume) one fine-tuning; see `fat finetune-teacher --help`."""
-    settings.check()
-    context = runtime.start(settings.device, settings.threads)
-    try:
-        with killed_on_error():
-            return Finetuner(settings, context).run()
-    finally:
-        runtime.stop(context)
+    return run_in_context(settings, Finetuner)
 
 
 def is_single_label(clips: Any) -> bool:
     return bool(len(clips)) and bool(np.all(np.diff(clips.offsets) == 1))
 
 
-class Finetuner:
+class Finetuner(EpochSession):
     def __init__(self, settings: FinetuneSettings, context: runtime.Context) -> None:
+        super().__init__(context)
         self.settings = settings
-        self.context = context
-        self.stop_requested = False
+        self.out = settings.out
 
     # ================================================================== setup
     def prepare_output(self) -> dict[str, Any] | None:
@@ -191,16 +175,8 @@ class Finetuner:
         state = self.prepare_output()
         self.build_data()
         self.build_model()
-        self.epoch, self.batches_done, self.step, self.epoch_sums = 1, 0, 0, [0.0, 0.0]
-        self.history: list[dict[str, Any]] = []
-        self.step_rows: list[dict[str, Any]] = []
-        self.finished, self.final_metrics = False, {}
-        if state is not None:
-            check_same_data(cfg.out / STATE_NAME, state.get("data"), self.data_identity)
-            self.restore(state)
-            log.info("resuming %s at epoch %d, batch %d", cfg.out, self.epoch, self.batches_done)
-        self.runlog = RunLog(cfg.out, self.context.is_main, cfg.dvclive, cfg.progress)
-        self.runlog.open(self.history, self.step_rows)
+        self.step, self.epoch_sums = 0, [0.0, 0.0]
+        self.resume(state, cfg.dvclive, cfg.progress)
         if self.finished and self.epoch > cfg.epochs:
             log.info("%s: this fine-tuning already finished", cfg.out)
             self.runlog.close()
@@ -211,23 +187,9 @@ class Finetuner:
                      "multi-label BCE" if self.multi_label else "single-label cross-entropy", self.context.device,
                      self.precision.name, self.context.world_size, len(self.train_clips), len(self.valid_clips),
                      cfg.clip_seconds)
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-        try:
-            while self.epoch <= cfg.epochs:
-                if not self.train_epoch():
-                    self.save(finished=False)
-                    log.warning("SIGTERM: state saved at epoch %d, batch %d in %s; continue with --resume",
-                                self.epoch, self.batches_done, cfg.out / STATE_NAME)
-                    return FinetuneResult("interrupted", len(self.history))
-                self.end_epoch()
-            self.finish()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            self.runlog.close()
+        if not self.run_epochs(cfg.epochs):
+            return FinetuneResult("interrupted", len(self.history))
         return FinetuneResult("finished", len(self.history), self.final_metrics, cfg.out / TEACHER_NAME)
-
-    def _on_sigterm(self, _signum: int, _frame: Any) -> None:
-        self.stop_requested = True
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy against (mixed) class probabilities, or BCE against (mixed) multi-hot targets."""
@@ -350,30 +312,5 @@ class Finetuner:
         self.save(finished=True)
 
     # ================================================================== persistence
-    def save(self, finished: bool) -> None:
-        """Every rank's RNG and partial sums gathered; rank 0 writes the state atomically."""
-        rngs = runtime.gather_objects(self.context, rng_state(self.context.device))
-        sums = runtime.gather_objects(self.context, list(self.epoch_sums))
-        if not self.context.is_main:
-            runtime.barrier(self.context)
-            return
-        self.finished = finished
-        save_state(self.settings.out, {
-            "kind": STATE_KIND,
-            "config": self.settings.to_dict(),
-            "data": self.data_identity,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "sampler": self.sampler.state_dict(),
-            "rng": [{k: v.cpu() for k, v in r.items()} for r in rngs],
-            "epoch": self.epoch,
-            "batches_done": self.batches_done,
-            "step": self.step,
-            "epoch_sums": sums,
-            "history": self.history,
-            "step_rows": self.runlog.step_rows,
-            "finished": finished,
-            "final_metrics": self.final_metrics,
-        })
-        runtime.barrier(self.context)
+    def state_fields(self) -> dict[str, Any]:
+        return {"kind": STATE_KIND, "config": self.settings.to_dict(), "step": self.step}

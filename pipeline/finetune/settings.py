@@ -11,7 +11,7 @@ mel spectrograms (α 0.3) and the front end's moving filter edges (fmin + 0..10 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from pipeline.core.errors import FatError
 from pipeline.datafile import label_csv_beside
 from pipeline.packed.settings import packed_option
 from pipeline.settings import (
-    check_values, device_option, option, paths, precision_option, resume_invariant, threads_option,
+    check_values, device_option, option, paths, plain_dict, precision_option, resume_invariant, threads_option,
 )
 
 DATA, MODEL, AUGMENT, OPTIM, RUNTIME = "data", "model", "augmentation", "optimisation", "runtime"
@@ -132,12 +132,7 @@ class FinetuneSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (for the state and the teacher file, loaded with weights_only=True)."""
-        def plain(value: Any) -> Any:
-            if isinstance(value, Path):
-                return str(value)
-            return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
-
-        return {key: plain(value) for key, value in asdict(self).items()}
+        return plain_dict(self)
 
 
 RESUME_INVARIANT = resume_invariant(FinetuneSettings)

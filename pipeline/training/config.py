@@ -10,7 +10,7 @@ AST folder's own when it records them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from pipeline.core.errors import FatError
 from pipeline.datafile import label_csv_beside
 from pipeline.packed.settings import packed_option
 from pipeline.settings import (
-    check_values, device_option, option, paths, precision_option, resume_invariant, threads_option,
+    check_values, device_option, option, paths, plain_dict, precision_option, resume_invariant, threads_option,
 )
 
 DATA, MODEL, FEATURES, OBJECTIVE = "data", "model", "features and augmentation", "objective"
@@ -237,12 +237,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (for checkpoints loaded with weights_only=True, and for logs)."""
-        def plain(value: Any) -> Any:
-            if isinstance(value, Path):
-                return str(value)
-            return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
-
-        return {key: plain(value) for key, value in asdict(self).items()}
+        return plain_dict(self)
 
 
 def default_norm(ast_checkpoint: Path | None) -> tuple[tuple[float, float], str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +22,13 @@ from torch.utils.data import DataLoader
 
 from pipeline import runtime
 from pipeline.core.errors import FatError
-from pipeline.core.workers import ignore_sigterm, killed_on_error
 from pipeline.training.averaging import WeightAverager
 from pipeline.training.config import RESUME_INVARIANT, TrainConfig, saved_config
 from pipeline.training.lengths import FrameTally
-from pipeline.training.logs import RunLog
 from pipeline.training.schedule import LRSchedule, optimizer_steps_per_epoch, schedule_warnings
 from pipeline.training.scoring import validate, validation_loader
-from pipeline.training.state import STATE_NAME, check_compatible, check_same_data, load_state, rng_state, save_state, set_rng_state
+from pipeline.training.session import EpochSession, run_in_context, worker_init
+from pipeline.training.state import STATE_NAME, check_compatible, load_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +49,9 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def worker_init(_worker_id: int) -> None:
-    """DataLoader workers leave SIGTERM to the main process (which saves and stops them) and use one thread."""
-    ignore_sigterm()
-    runtime.set_threads(1)
-
-
 def train(config: TrainConfig) -> RunResult:
     """Run (or resume) one training; see `fat train --help` for the settings."""
-    config.check()
-    context = runtime.start(config.device, config.threads)
-    try:
-        with killed_on_error():  # the workers ignore SIGTERM: an error must not leave them for exit to wait on
-            return Trainer(config, context).run()
-    finally:
-        runtime.stop(context)
+    return run_in_context(config, Trainer)
 
 
 def teacher_provenance(path: Path) -> dict[str, Any]:
@@ -90,11 +76,11 @@ def model_path(out: Path) -> Path:
     return legacy if legacy.is_file() and not (out / MODEL_NAME).is_file() else out / MODEL_NAME
 
 
-class Trainer:
+class Trainer(EpochSession):
     def __init__(self, config: TrainConfig, context: runtime.Context) -> None:
+        super().__init__(context)
         self.config = config
-        self.context = context
-        self.stop_requested = False
+        self.out = config.out
 
     # ================================================================== setup
     def prepare_output(self) -> dict[str, Any] | None:
@@ -272,16 +258,8 @@ class Trainer:
         state = self.prepare_output()
         self.build_data()
         self.build_model()
-        self.epoch, self.batches_done, self.epoch_sums = 1, 0, [0.0] * SUMS
-        self.history: list[dict[str, Any]] = []
-        self.step_rows: list[dict[str, Any]] = []
-        self.finished, self.final_metrics = False, {}
-        if state is not None:
-            check_same_data(cfg.out / STATE_NAME, state.get("data"), self.data_identity)
-            self.restore(state)
-            log.info("resuming %s at epoch %d, batch %d", cfg.out, self.epoch, self.batches_done)
-        self.runlog = RunLog(cfg.out, self.context.is_main, cfg.dvclive, cfg.progress)
-        self.runlog.open(self.history, self.step_rows)
+        self.epoch_sums = [0.0] * SUMS
+        self.resume(state, cfg.dvclive, cfg.progress)
         if self.finished:
             log.info("%s: this run already finished", cfg.out)
             self.runlog.close()
@@ -295,23 +273,9 @@ class Trainer:
             for line in schedule_warnings(self.schedule, cfg.epochs, steps):
                 log.warning("%s", line)
         self.lengths: FrameTally | None = FrameTally(cfg.target_frames)  # reported after this session's first epoch
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-        try:
-            while self.epoch <= cfg.epochs:
-                if not self.train_epoch():
-                    self.save(finished=False)
-                    log.warning("SIGTERM: state saved at epoch %d, batch %d in %s; continue with --resume",
-                                self.epoch, self.batches_done, cfg.out / STATE_NAME)
-                    return RunResult("interrupted", len(self.history), {}, None, self.history)
-                self.end_epoch()
-            self.finish()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            self.runlog.close()
+        if not self.run_epochs(cfg.epochs):
+            return RunResult("interrupted", len(self.history), {}, None, self.history)
         return RunResult("finished", len(self.history), self.final_metrics, cfg.out / MODEL_NAME, self.history)
-
-    def _on_sigterm(self, _signum: int, _frame: Any) -> None:
-        self.stop_requested = True
 
     def train_epoch(self) -> bool:
         """Train the rest of the current epoch; False when stopped by SIGTERM (at a step boundary)."""
@@ -494,29 +458,6 @@ class Trainer:
             "teacher_store": self.teacher_provenance, "label_noise": cfg.label_noise,
         }
 
-    def save(self, finished: bool) -> None:
-        """Gather every rank's RNG and partial sums; rank 0 writes the state atomically."""
-        rngs = runtime.gather_objects(self.context, rng_state(self.context.device))
-        sums = runtime.gather_objects(self.context, list(self.epoch_sums))
-        if not self.context.is_main:
-            runtime.barrier(self.context)
-            return
-        save_state(self.config.out, {
-            "config": self.config.to_dict(),
-            "data": self.data_identity,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "sampler": self.sampler.state_dict(),
-            "averager": self.averager.state_dict() if self.averager is not None else None,
-            "rng": [{k: v.cpu() for k, v in r.items()} for r in rngs],
-            "epoch": self.epoch,
-            "batches_done": self.batches_done,
-            "epoch_sums": sums,
-            "history": self.history,
-            "step_rows": self.runlog.step_rows,
-            "finished": finished,
-            "final_metrics": self.final_metrics,
-        })
-        runtime.barrier(self.context)
+    def state_fields(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "schedule": self.schedule.state_dict(),
+                "averager": self.averager.state_dict() if self.averager is not None else None}
