@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from pipeline.cli import main
@@ -18,6 +17,7 @@ from pipeline.store import LogitsStore
 from teacher import TeacherError, create_dymn, load_teacher
 from teacher.dymn import ContextGenerator, DyMNConfig, DynamicBlock, DynamicConv, DynamicReLU
 from teacher.registry import RELEASED, released
+from tests.teacher_fixtures import tone_noise_corpus
 
 DYMN_NAMES = ["dymn04_as", "dymn10_as", "dymn20_as", "dymn20_as(1)", "dymn20_as(2)", "dymn20_as(3)",
               "dymn04_replace_se_as", "dymn10_replace_se_as", "dymn04_im", "dymn10_im", "dymn20_im"]
@@ -320,20 +320,7 @@ def test_fixed_weights_block_reference(stride, kernel, out_ch):
 
 
 def _corpus(tmp_path):
-    rate = 32000
-    classes = [("/m/tone", "Tone"), ("/m/noise", "Noise")]
-    (tmp_path / "class_labels_indices.csv").write_text(
-        "index,mid,display_name\n" + "".join(f'{i},{m},"{n}"\n' for i, (m, n) in enumerate(classes)))
-    rng = np.random.default_rng(0)
-    entries = []
-    for i in range(4):
-        t = np.arange(rate // 2) / rate
-        audio = 0.5 * np.sin(2 * np.pi * (300 + 500 * i) * t) if i % 2 == 0 else 0.3 * rng.standard_normal(t.size)
-        sf.write(tmp_path / f"c{i}.wav", audio.astype(np.float32), rate)
-        entries.append({"wav": f"c{i}.wav", "labels": classes[i % 2][0], "id": f"c{i}"})
-    datafile = tmp_path / "eval.json"
-    datafile.write_text(json.dumps({"data": entries}))
-    return datafile
+    return tone_noise_corpus(tmp_path, seconds=0.5)
 
 
 def test_logits_with_a_dymn_and_a_mixed_ensemble_feed_the_teacher_row(tmp_path):

@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +18,7 @@ from pipeline.store import LogitsStore
 from teacher import FrontEndConfig, PaSST, PaSSTConfig, TeacherError, expand_names, load_teacher
 from teacher.registry import ENSEMBLES, RELEASED, released
 from teacher.teacher import load_weights
+from tests.teacher_fixtures import tone_noise_corpus
 
 # Every released AudioSet PaSST, read from upstream's models/passt.py (default_cfgs, get_model, the
 # model functions) and hear21passt: name → (blocks, patch stride, time positions, STFT hop, file).
@@ -292,20 +292,7 @@ def test_a_saved_checkpoint_loads_through_load_teacher(tmp_path):
 
 
 def _corpus(tmp_path):
-    rate = 32000
-    classes = [("/m/tone", "Tone"), ("/m/noise", "Noise")]
-    (tmp_path / "class_labels_indices.csv").write_text(
-        "index,mid,display_name\n" + "".join(f'{i},{m},"{n}"\n' for i, (m, n) in enumerate(classes)))
-    rng = np.random.default_rng(0)
-    entries = []
-    for i in range(4):
-        t = np.arange(rate // 4) / rate
-        audio = 0.5 * np.sin(2 * np.pi * (300 + 500 * i) * t) if i % 2 == 0 else 0.3 * rng.standard_normal(t.size)
-        sf.write(tmp_path / f"c{i}.wav", audio.astype(np.float32), rate)
-        entries.append({"wav": f"c{i}.wav", "labels": classes[i % 2][0], "id": f"c{i}"})
-    datafile = tmp_path / "eval.json"
-    datafile.write_text(json.dumps({"data": entries}))
-    return datafile
+    return tone_noise_corpus(tmp_path, seconds=0.25)
 
 
 def test_logits_with_passt_alone_and_with_dymn_feed_the_teacher_row(tmp_path, caplog):
