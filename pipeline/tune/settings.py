@@ -20,12 +20,13 @@ class TuneSettings:
     packed: list[Path] = packed_option()
     labels: Path | None = option(
         None, "label CSV (index,mid,display_name); default: class_labels_indices.csv beside the datafile")
-    speedup: float | None = option(None, "budget: at least this throughput relative to r = 0, measured here (one budget is needed; default: none)",
+    speedup: float | None = option(None, "budget: at least this throughput relative to r = 0, measured here "
+                                         "(one budget is needed; default: none)",
                                    unit="×", above=1, exclusive="budget")
     clips_per_s: float | None = option(None, "budget: at least this many clips per second (model forward), measured "
                                              "here (default: none)", unit="clips/s", above=0, exclusive="budget")
-    gflops: float | None = option(None, "budget: at most this many analytic GFLOPs per clip (default: none)", unit="GFLOPs",
-                                  above=0, exclusive="budget")
+    gflops: float | None = option(None, "budget: at most this many analytic GFLOPs per clip (default: none)",
+                                  unit="GFLOPs", above=0, exclusive="budget")
     max_evaluations: int = option(48, "schedules scored at most (constants and ToMe's schedules first, then the "
                                       "local search)", unit="count", minimum=4)
     metric: str = option("auto", "what is maximised: auto = the student's main metric, else mAP or accuracy",
