@@ -389,15 +389,5 @@ def build_corpus(out_dir: str | Path, settings: DemoSettings, workers: int = 2) 
     return clips
 
 
-SKIPPED_NOTE = (
-    "# Demo corpus: off\n\n"
-    "These params (demo.skip: true) run the pipeline on real AudioSet, so no demo corpus was made.\n"
-    "The folder exists because the same dvc.yaml serves the demo and the real presets.\n"
-)
-
-
-def write_skipped_note(out_dir: str | Path) -> Path:
-    """With the demo off (real-data presets): only a short note, so the stage still has its output."""
-    note = Path(out_dir) / "README.md"
-    write_text_atomic(note, SKIPPED_NOTE)
-    return note
+SKIPPED_WHY = ("These params (demo.skip: true) run the pipeline on real AudioSet, so no demo corpus was made.\n"
+               "The folder exists because the same dvc.yaml serves the demo and the real presets.")

@@ -8,7 +8,7 @@ returns a `Teacher` in eval mode that maps 32 kHz waveforms to raw logits.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,34 @@ def checkpoint_classes(state: dict[str, Tensor]) -> int | None:
 
 
 @torch.no_grad()
+def measure_batchnorm(model: nn.Module, batches: Iterable[Tensor]) -> bool:
+    """Replace every BatchNorm's running statistics by their plain average over `batches` (model inputs).
+
+    BatchNorm's running averages move by 1 % per step (EfficientAT's momentum 0.01): a network
+    initialised at random, or trained from scratch for a few hundred steps, keeps statistics far
+    from its activations' and is near chance in eval mode however well it fits in train mode.
+    The model ends in eval mode; False (nothing done) when it has no BatchNorm (PaSST).
+    """
+    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    if not norms:
+        model.eval()
+        return False
+    momenta = [m.momentum for m in norms]
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # cumulative average over all the batches
+    model.train()
+    try:
+        for batch in batches:
+            model(batch)
+    finally:
+        for module, momentum in zip(norms, momenta):
+            module.momentum = momentum
+        model.eval()
+    return True
+
+
+@torch.no_grad()
 def calibrate_batchnorm(model: nn.Module, frontend: MelFrontEnd, generator: torch.Generator,
                         clips: int = 6, seconds: float = 0.5) -> None:
     """Give a freshly initialised network BatchNorm statistics of real-looking input.
@@ -129,18 +157,7 @@ def calibrate_batchnorm(model: nn.Module, frontend: MelFrontEnd, generator: torc
     noise = torch.randn(clips, samples, generator=generator).cumsum(dim=1)  # red noise: energy at low bands
     noise = noise - noise.mean(dim=1, keepdim=True)
     noise = noise / noise.abs().amax(dim=1, keepdim=True) + 0.1 * torch.randn(clips, samples, generator=generator)
-    mel = frontend.eval()(gains * noise).unsqueeze(1)
-    momenta = {m: m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
-    if not momenta:  # a transformer (PaSST) normalises per token: nothing to measure
-        return
-    for module in momenta:
-        module.reset_running_stats()
-        module.momentum = None  # cumulative average over the calibration batch
-    model.train()
-    model(mel)
-    for module, momentum in momenta.items():
-        module.momentum = momentum
-    model.eval()
+    measure_batchnorm(model, [frontend.eval()(gains * noise).unsqueeze(1)])
 
 
 def load_teacher(

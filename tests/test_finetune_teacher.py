@@ -143,3 +143,41 @@ def test_recipe_schedule_and_augmentation_follow_efficientat() -> None:
     assert mel.shape == (8, 1, 16, 20) and (mel_targets.max(1).values >= 0.5).all()
     same = augment_waves(waves, targets, Recipe(0, 0, 0.0, 0.0), generator)
     assert torch.equal(same[0], waves) and torch.equal(same[1], targets)
+
+
+def test_batchnorm_statistics_are_measured_on_the_batches_given() -> None:
+    """From scratch, BatchNorm's 1 %-per-step averages lag behind the network: measure_batchnorm replaces them
+    by the mean over the batches of each batch's mean and (unbiased) variance, keeps the layer's momentum and leaves eval mode."""
+    from torch import nn
+
+    from teacher.teacher import measure_batchnorm
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 4, 3, bias=False)
+    model = nn.Sequential(conv, nn.BatchNorm2d(4, momentum=0.01), nn.ReLU())
+    batches = [3.0 + 2.0 * torch.randn(5, 1, 8, 8) for _ in range(3)]
+    assert measure_batchnorm(model, batches)
+    with torch.no_grad():
+        seen = [conv(b).transpose(0, 1).reshape(4, -1) for b in batches]  # per batch: channel × values
+    norm = model[1]
+    torch.testing.assert_close(norm.running_mean, torch.stack([s.mean(dim=1) for s in seen]).mean(dim=0))
+    torch.testing.assert_close(norm.running_var, torch.stack([s.var(dim=1) for s in seen]).mean(dim=0))
+    assert norm.momentum == 0.01 and not model.training
+    assert not measure_batchnorm(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)), batches)  # PaSST-like: nothing
+
+
+def test_random_init_measures_batchnorm_by_default_and_the_option_turns_it_off(tmp_path: Path) -> None:
+    data = tiny_set(tmp_path / "data", {"train": 3, "valid": 1})
+    every = ("--epochs", "3", "--valid-every", "2", "--no-dvclive")
+    assert main(finetune_args(data, tmp_path / "auto", *every)) == 0
+    assert main(finetune_args(data, tmp_path / "off", *every, "--bn-clips", "0")) == 0
+    history = json.loads((tmp_path / "auto/result.json").read_text())["history"]
+    assert ["valid/accuracy" in row for row in history] == [False, True, True]  # every 2nd epoch and the last
+    settings = [torch.load(tmp_path / name / "teacher.pt", weights_only=True)["extra"]["settings"]["bn_clips"]
+                for name in ("auto", "off")]
+    assert settings == [1024, 0]
+    auto, off = (load_finetuned(tmp_path / name / "teacher.pt").model.state_dict() for name in ("auto", "off"))
+    means = [key for key in auto if key.endswith("running_mean")]
+    # three steps at momentum 0.01 leave the stats near their start (0); measured ones are the activations'
+    assert max(float(off[k].abs().max()) for k in means) < 0.5 * max(float(auto[k].abs().max()) for k in means)
+    assert all(torch.equal(auto[k], off[k]) for k in auto if "running" not in k and "num_batches" not in k)

@@ -88,7 +88,6 @@ ROOT = Path(__file__).resolve().parents[1]
 _COMMANDS = {
     "demo": ["demo-corpus"], "metadata": ["metadata"], "download": ["download", "--split", "eval"],
     "validate": ["validate", "--split", "eval"], "pack": ["pack", "--datafile", "d.json"], "logits": ["logits"],
-    "oracle": ["logits"],
     "train": ["train"],
     "evaluate": ["evaluate"], "prepare": ["prepare", "speechcommands"], "finetune": ["finetune-teacher"],
     "tune_r": ["tune-r"],
@@ -137,6 +136,8 @@ SMALL = {
     "demo": {"train_clips": 20, "eval_clips": 10, "window_seconds": 1.0, "broken_fraction": 0.25, "workers": 1},
     "download": {"workers": 2},
     "validate": {"workers": 1},
+    "finetune": {"clip_seconds": 1.0, "epochs": 1, "batch_size": 8, "rampdown_start": 0, "rampdown_epochs": 1,
+                 "warmup_epochs": 0, "num_workers": 0, "threads": 1},
     "logits": {"clip_seconds": 1.0, "batch_size": 16, "workers": 0, "threads": 1},
     "train": {"target_frames": 100, "epochs": 1, "batch_size": 8, "warmup_steps": 0, "num_workers": 0, "threads": 1},
     "evaluate": {"r": [0, 2], "batch_size": 4, "warmup_batches": 1, "timed_batches": 1, "rounds": 1, "threads": 1},
@@ -240,9 +241,11 @@ def _check_stage_outputs(repo: Path) -> None:
         assert sum(int(row["kept"]) for row in per_class) >= len(kept[split])  # every kept clip has a class
         with PackedAudio([repo / f"data/packed/{split}"], [repo / f"data/datafiles/{split}/{split}.json"]) as packed:
             assert set(packed.ids.tolist()) == kept[split] and packed.lossless  # logits/train/evaluate read these
-    with LogitsStore(repo / "data/logits/mn10_as.h5") as store:
-        assert store.complete and store.attrs["random_init"]
-        assert set(store.ids.tolist()) == kept["balanced_train"] | kept["eval"]
+    teacher = json.loads((repo / "models/teacher/result.json").read_text())
+    assert teacher["teacher"] == "teacher.pt" and teacher["base"] == "mn04_as" and teacher["epochs"] == 1
+    with LogitsStore(repo / "data/logits/teacher.h5") as store:  # the demo's own fine-tuned teacher
+        assert store.complete and not store.attrs["random_init"] and store.attrs["teacher"] == "mn04_as-finetuned"
+        assert set(store.ids.tolist()) == kept["balanced_train"] | kept["eval"] and store.num_classes == 10
     model, config = load_student(repo / "models/student/student.safetensors")
     assert config["num_classes"] == 10 and config["target_frames"] == 100
     assert (repo / "models/student/dvclive/metrics.json").is_file()
@@ -252,9 +255,10 @@ def _check_stage_outputs(repo: Path) -> None:
     assert tracked["r0"] == {"mAP": round(report["student"]["r=0"]["mAP"], 4),
                              "gflops": round(report["student"]["r=0"]["gflops"], 3)}
     assert set(tracked) == {"r0", "r2", "teacher"}
-    assert report["teacher"]["random_init"] is True
+    assert report["teacher"]["random_init"] is False
     assert 0.0 <= report["student"]["r=0"]["mAP"] <= 1.0
-    assert "RANDOM-INIT" in (repo / "reports/eval.md").read_text()
+    table = (repo / "reports/eval.md").read_text()
+    assert "teacher mn04_as-finetuned" in table and "RANDOM-INIT" not in table
     assert (repo / "reports/tradeoff.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -278,7 +282,7 @@ def test_demo_pipeline_under_dvc(tmp_path: Path) -> None:
     first = _dvc(repo, env, "repro")
     assert _ran(first) == {"demo_corpus", "metadata", "download@balanced_train", "download@eval",
                            "validate@balanced_train", "validate@eval", "pack@balanced_train", "pack@eval",
-                           "logits", "oracle", "train", "evaluate", "tune_r"}
+                           "teacher", "logits", "train", "evaluate", "tune_r"}
     assert not _dvc_complaints(first), first
     _check_stage_outputs(repo)
     _check_cache_is_intact_and_linked(repo)

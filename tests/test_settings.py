@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILES = ["params.yaml", "configs/audioset-balanced.yaml", "configs/audioset-full.yaml",
                 "configs/speechcommands.yaml", "configs/esc50.yaml"]
 SECTION_COMMAND = {"demo": "demo-corpus", "metadata": "metadata", "download": "download", "validate": "validate",
-                   "pack": "pack", "logits": "logits", "oracle": "logits", "train": "train", "evaluate": "evaluate",
+                   "pack": "pack", "logits": "logits", "train": "train", "evaluate": "evaluate",
                    "prepare": "prepare", "finetune": "finetune-teacher", "report": "folds-report", "tune_r": "tune-r"}
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from pipeline.cli import add_command
-from pipeline.demo import DemoSettings, build_corpus, write_skipped_note
+from pipeline.core.skipped import write_skipped_note
+from pipeline.demo import SKIPPED_WHY, DemoSettings, build_corpus
 from pipeline.settings import from_args
 
 
@@ -31,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings: DemoSettings = from_args(DemoSettings, args)
     if settings.skip:
-        write_skipped_note(settings.out_dir)
+        write_skipped_note(settings.out_dir, "Demo corpus: off", SKIPPED_WHY)
         return 0
     build_corpus(settings.out_dir, settings, workers=settings.workers)
     return 0

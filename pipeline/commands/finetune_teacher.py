@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from pipeline.cli import add_command
-from pipeline.finetune.settings import FinetuneSettings
+from pipeline.core.skipped import write_skipped_note
+from pipeline.finetune.settings import SKIPPED_WHY, FinetuneSettings
 from pipeline.settings import from_args
 
 
@@ -39,9 +40,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    settings: FinetuneSettings = from_args(FinetuneSettings, args)
+    if settings.skip:  # the real-AudioSet presets: no torch start-up for a switched-off stage
+        print(write_skipped_note(settings.out, "fat finetune-teacher: skipped", SKIPPED_WHY))
+        return 0
     from pipeline.finetune.loop import INTERRUPTED_EXIT, finetune
 
-    result = finetune(from_args(FinetuneSettings, args))
+    result = finetune(settings)
     if result.status == "finished" and result.final_metrics:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items() if k in ("accuracy", "mAP", "loss"))
         print(f"{result.teacher_path}: {shown}")

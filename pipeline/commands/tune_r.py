@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from pipeline.cli import add_command
-from pipeline.settings import from_args
-from pipeline.tune.settings import TuneSettings
+from pipeline.settings import check_values, from_args
+from pipeline.tune.settings import TuneSettings, write_skip_note
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +30,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    settings = from_args(TuneSettings, args)
+    if settings.skip:  # before the search's imports: the demo's switched-off stage costs no torch start-up
+        check_values(settings)
+        write_skip_note(settings)
+        return 0
     from pipeline.tune.run import run_tune
 
-    run_tune(from_args(TuneSettings, args))
+    run_tune(settings)
     return 0

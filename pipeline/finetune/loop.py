@@ -251,8 +251,9 @@ class Finetuner(EpochSession):
         from pipeline.metrics import score
         from pipeline.training.scoring import gather_predictions, validation_loss
 
-        self.model.eval()
         self.frontend.eval()
+        self.measure_batchnorm()
+        self.model.eval()
         indices, outputs = [], []
         for batch in self.valid_loader:
             mel = self.frontend(batch["wave"].to(self.context.device, non_blocking=True)).unsqueeze(1)
@@ -273,9 +274,28 @@ class Finetuner(EpochSession):
         metrics["loss"] = validation_loss(targets, logits, self.multi_label)
         return {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float))}
 
+    def measure_batchnorm(self) -> None:
+        """BatchNorm statistics measured afresh over the first --bn-clips of a seeded permutation of the
+        training clips (the same clips on every rank and epoch, so all ranks hold the same network)."""
+        from teacher.teacher import measure_batchnorm
+
+        count = min(self.settings.bn_clips, len(self.train_set))
+        if count == 0:
+            return
+        chosen = np.random.default_rng(self.settings.seed).permutation(len(self.train_set))[:count]
+        loader = DataLoader(torch.utils.data.Subset(self.train_set, chosen.tolist()),
+                            batch_size=self.settings.eval_batch_size or self.settings.batch_size,
+                            num_workers=self.settings.num_workers, worker_init_fn=worker_init)
+        device = self.context.device
+        cuda = [device] if device.type == "cuda" else []
+        # fork_rng: the loader draws its seed from torch's generator, which training's dropout must not notice
+        with torch.random.fork_rng(devices=cuda), self.precision.autocast():
+            measure_batchnorm(self.model, (self.frontend(batch["wave"].to(device)).unsqueeze(1) for batch in loader))
+
     def end_epoch(self) -> None:
         sums = runtime.sum_floats(self.context, self.epoch_sums)
-        metrics = self.validate()
+        due = self.epoch % self.settings.valid_every == 0 or self.epoch >= self.settings.epochs  # epochs count from 1
+        metrics = self.validate() if due else {}
         row: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "lr": self.schedule.lr(self.epoch),
                                "train/loss": sums[0] / max(sums[1], 1.0)}
         row.update({f"valid/{key}": value for key, value in metrics.items() if key != "clips"})

@@ -50,6 +50,11 @@ class FinetuneSettings:
     random_init: bool = option(
         False, "start from random weights instead of the released ones (tests, offline runs: nothing learned on "
                "AudioSet is carried over)", group=MODEL, resume=False)
+    bn_clips: int | None = option(
+        None, "before each validation (and so in the saved teacher), the BatchNorm statistics are measured afresh "
+              "over up to N training clips without augmentation: from scratch, BatchNorm's 1 %-per-step running "
+              "averages lag far behind the network and eval mode is near chance; 0 = off (default: 1024 with "
+              "--random-init, else off, as upstream)", unit="clips", minimum=0, group=MODEL, resume=False)
     name: str | None = option(
         None, "the teacher's name in its file and in logits stores made with it (default: <teacher>-finetuned)",
         group=MODEL)
@@ -100,8 +105,12 @@ class FinetuneSettings:
     resume: bool = option(False, "continue the run saved in --out where it stopped (fresh start if none)",
                           group=RUNTIME)
     log_every: int = option(10, "optimiser steps between steps.csv rows", minimum=1, group=RUNTIME)
+    valid_every: int = option(1, "validate every N epochs, and always after the last one (each validation also "
+                                 "measures BatchNorm with --bn-clips)", unit="epochs", minimum=1, group=RUNTIME)
     progress: bool | None = option(None, "progress bar (default: when stderr is a terminal)", group=RUNTIME)
     dvclive: bool = option(True, "write DVCLive metrics and plots to <out>/dvclive", group=RUNTIME)
+    skip: bool = option(False, "train nothing, only write <out>/README.md saying so (presets whose teacher already "
+                               "knows their classes, e.g. AudioSet's, set it in params.yaml)", group=RUNTIME)
 
     def __post_init__(self) -> None:
         self.train = paths(self.train)
@@ -114,6 +123,8 @@ class FinetuneSettings:
             self.labels = label_csv_beside(self.train[0])
         if self.name is None:
             self.name = f"{self.teacher}-finetuned"
+        if self.bn_clips is None:
+            self.bn_clips = 1024 if self.random_init else 0
 
     def check(self) -> None:
         """Inputs first (a missing --train makes every other complaint moot), then the settings."""
@@ -136,3 +147,7 @@ class FinetuneSettings:
 
 
 RESUME_INVARIANT = resume_invariant(FinetuneSettings)
+
+
+SKIPPED_WHY = ("These params (finetune.skip: true) fine-tune no teacher: the logits stage runs a released one\n"
+               "(`logits.teacher`), which already knows these classes.")

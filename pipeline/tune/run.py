@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from pipeline import runtime
 from pipeline.checkpoint import load_student, student_features
-from pipeline.core.atomic import write_text_atomic
 from pipeline.core.errors import FatError
 from pipeline.dataset import ClipDataset, DeviceInputs, collate_clips
 from pipeline.evaluate.rows import primary_metric
@@ -21,13 +19,10 @@ from pipeline.settings import check_values
 from pipeline.tune.measure import FeatureCache
 from pipeline.tune.report import summary_line, write_reports
 from pipeline.tune.search import Budget, TuneResult, tune
-from pipeline.tune.settings import TuneSettings
+from pipeline.tune.settings import TuneSettings, write_skip_note
 
 log = logging.getLogger(__name__)
 
-
-SKIPPED_NOTE = ("# fat tune-r: skipped\n\nThese params (tune_r.skip: true) search no merge schedule. Run it with\n"
-                "`dvc exp run -S tune_r.skip=false` or `fat tune-r --checkpoint ... --datafile ... --speedup 1.5`.\n")
 
 
 def run_tune(settings: TuneSettings) -> TuneResult | None:
@@ -35,8 +30,7 @@ def run_tune(settings: TuneSettings) -> TuneResult | None:
     (with `skip`: only a README.md saying so, the DVC stage's output when it is switched off)."""
     check_values(settings)
     if settings.skip:
-        write_text_atomic(Path(settings.out_dir) / "README.md", SKIPPED_NOTE)
-        log.info("tune-r: skipped (tune_r.skip); wrote %s", Path(settings.out_dir) / "README.md")
+        write_skip_note(settings)
         return None
     budget = Budget(settings.speedup, settings.clips_per_s, settings.gflops)
     if (settings.speedup, settings.clips_per_s, settings.gflops).count(None) != 2:
