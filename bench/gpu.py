@@ -3,7 +3,7 @@
 One run on `--device` (a CUDA GPU where there is one; `--device cpu` works, for tests) measures:
 1. training step: AST forward + KD loss + backward + Adam step in clips/s for each merge rate r
    (`--r`), at `--precision` (auto: bf16 autocast on a GPU that supports it, fp32 on the CPU;
-   pipeline.runtime decides), model `--model-size` on 1024 frames × 128 bins, stride 10/10;
+   pipeline.runtime decides), model `--model-size` on `--frames` (1024) × 128 bins, stride 10/10;
 2. device-side features: mixup plan (student.augment.MixPlan, rate 0.5) + student.frontend.BatchFbank
    (resample 32 → 16 kHz, kaldi fbank) + SpecAugment 48/192 + normalise on a batch of `--batch-size`
    10 s 32 kHz waveforms already on the device, in ms per batch and per clip;
@@ -49,17 +49,17 @@ def timed(work: Any, device: torch.device, warmup: int, steps: int) -> float:
 
 
 def train_rates(size: str, rs: list[int], batch: int, device: torch.device, precision: runtime.Precision,
-                warmup: int, steps: int) -> dict[int, float]:
+                warmup: int, steps: int, frames: int = FRAMES) -> dict[int, float]:
     """Training clips/s of AST `size` for each merge rate r: forward (autocast) + KD loss (fp32) + backward + Adam."""
     from student import create_ast
     from student.kd import kd_loss
     from student.tome import set_tome_r
 
     torch.manual_seed(0)
-    model = create_ast(size, CLASSES, BINS, FRAMES, STRIDE, STRIDE).to(device).train()
+    model = create_ast(size, CLASSES, BINS, frames, STRIDE, STRIDE).to(device).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-5)
     scaler = precision.scaler()
-    x = torch.randn(batch, FRAMES, BINS, device=device)
+    x = torch.randn(batch, frames, BINS, device=device)
     labels = (torch.rand(batch, CLASSES, device=device) < 0.01).float()
     teacher = torch.randn(batch, CLASSES, device=device)
 
@@ -79,7 +79,7 @@ def train_rates(size: str, rs: list[int], batch: int, device: torch.device, prec
     return rates
 
 
-def feature_ms(dataset: Any, batch: int, device: torch.device, warmup: int, steps: int) -> float:
+def feature_ms(dataset: Any, batch: int, device: torch.device, warmup: int, steps: int, frames: int = FRAMES) -> float:
     """ms per batch of the device-side training features (mixup + fbank + SpecAugment + normalise)."""
     from pipeline.dataset import batch_generator, collate_clips
     from student.augment import MixPlan
@@ -88,14 +88,14 @@ def feature_ms(dataset: Any, batch: int, device: torch.device, warmup: int, step
 
     clips = collate_clips([dataset[k % len(dataset)] for k in range(batch)])
     waves, lengths, rate = clips["wave"].to(device), clips["length"].to(device), int(clips["rate"])
-    frontend = BatchFbank(FRAMES, BINS).to(device)
+    frontend = BatchFbank(frames, BINS).to(device)
     mean, std = dataset.features.mean, dataset.features.std
 
     def features(step: int) -> torch.Tensor:
         generator = batch_generator(0, step)  # CPU random numbers, as training draws them
         plan = MixPlan.draw(batch, MIXUP, generator, device)
         logmel, _ = frontend.fbank(plan.mix_waves(waves, lengths), lengths, rate)
-        masked = spec_augment(fit_frames_batch(logmel, FRAMES), FREQM, TIMEM, generator=generator)
+        masked = spec_augment(fit_frames_batch(logmel, frames), FREQM, TIMEM, generator=generator)
         return normalize(masked, mean, std)
 
     with torch.no_grad():
@@ -127,12 +127,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement (count)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (count)")
     parser.add_argument("--workers", nargs="+", type=int, default=[0, 4, 8, 14], help="DataLoader worker counts")
+    parser.add_argument("--frames", type=int, default=FRAMES, help="fbank frames per clip (AST: 1024 for 10 s)")
     parser.add_argument("--clips", type=int, default=16, help="distinct synthetic WAV files (count)")
     parser.add_argument("--items", type=int, default=0, help="loader items timed per worker count (0: 4 batches)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    if min(args.batch_size, args.steps, args.clips) < 1 or args.warmup < 0 or min(args.workers) < 0:
+    if min(args.batch_size, args.steps, args.clips, args.frames) < 1 or args.warmup < 0 or min(args.workers) < 0:
         parser.error("--batch-size, --steps and --clips must be ≥ 1; --warmup and --workers ≥ 0")
 
     context = runtime.start(args.device, args.threads)
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     precision = runtime.choose_precision(args.precision, device)
     items = args.items or 4 * args.batch_size
     print(f"device: {runtime.describe(device)}; precision {precision.name}; {args.model_size}, "
-          f"{FRAMES}×{BINS}, stride {STRIDE}/{STRIDE}; batch {args.batch_size}; "
+          f"{args.frames}×{BINS}, stride {STRIDE}/{STRIDE}; batch {args.batch_size}; "
           f"{args.warmup} warm-up + {args.steps} timed steps")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,10 +150,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         datafile, labels = write_clips(Path(tmp), args.clips, 10.0)
         dataset = ClipDataset(load_clips([datafile], load_label_csv(labels), require_files=True),
-                              Features(FRAMES, BINS))
+                              Features(args.frames, BINS))
         loader = {n: loader_rate(dataset, n, args.batch_size, items) for n in args.workers}
-        features = feature_ms(dataset, args.batch_size, device, args.warmup, args.steps)
-    train = train_rates(args.model_size, args.r, args.batch_size, device, precision, args.warmup, args.steps)
+        features = feature_ms(dataset, args.batch_size, device, args.warmup, args.steps, args.frames)
+    train = train_rates(args.model_size, args.r, args.batch_size, device, precision, args.warmup, args.steps,
+                        args.frames)
 
     print(f"\ntraining step (forward + KD loss + backward + Adam), {args.model_size}:")
     print(f"  {'r':>3s} {'clips/s':>10s} {'ms/clip':>9s} {'vs r=0':>7s}")
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     result = {
         "device": runtime.describe(device), "precision": precision.name, "model_size": args.model_size,
-        "batch_size": args.batch_size, "warmup": args.warmup, "steps": args.steps,
+        "batch_size": args.batch_size, "frames": args.frames, "warmup": args.warmup, "steps": args.steps,
         "train_clips_per_s": {str(r): rate for r, rate in train.items()},
         "features_ms_per_batch": features, "features_ms_per_clip": per_clip,
         "loader_items_per_s": {str(n): rate for n, rate in loader.items()},

@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = ["-m", "bench.gpu", "--device", "cpu", "--model-size", "tiny224", "--batch-size", "2", "--steps", "1",
-           "--warmup", "1", "--workers", "0", "1", "--clips", "4"]
+           "--warmup", "1", "--workers", "0", "1", "--clips", "4", "--frames", "256"]
 
 
 def test_bench_gpu_tiny_cpu_run_measures_every_r_and_worker_count(tmp_path: Path) -> None:
@@ -22,6 +22,7 @@ def test_bench_gpu_tiny_cpu_run_measures_every_r_and_worker_count(tmp_path: Path
     result = json.loads(out.read_text())
 
     assert result["precision"] == "fp32" and result["model_size"] == "tiny224"  # auto on the CPU: fp32
+    assert result["frames"] == 256 and "256×128" in done.stdout
     assert set(result["train_clips_per_s"]) == {"0", "16", "32"}
     assert set(result["loader_items_per_s"]) == {"0", "1"}
     figures = [*result["train_clips_per_s"].values(), *result["loader_items_per_s"].values(),
