@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if min(args.batch_size, args.steps, args.clips, args.frames) < 1 or args.warmup < 0 or min(args.workers) < 0:
-        parser.error("--batch-size, --steps and --clips must be ≥ 1; --warmup and --workers ≥ 0")
+        parser.error("--batch-size, --steps, --clips and --frames must be ≥ 1; --warmup and --workers ≥ 0")
 
     context = runtime.start(args.device, args.threads)
     device = context.device

@@ -32,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings: DemoSettings = from_args(DemoSettings, args)
     if settings.skip:
-        write_skipped_note(settings.out_dir, "Demo corpus: off", SKIPPED_WHY)
+        write_skipped_note(settings.out_dir, "fat demo-corpus", SKIPPED_WHY)
         return 0
     build_corpus(settings.out_dir, settings, workers=settings.workers)
     return 0

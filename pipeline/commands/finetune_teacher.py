@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings: FinetuneSettings = from_args(FinetuneSettings, args)
     if settings.skip:  # the real-AudioSet presets: no torch start-up for a switched-off stage
-        print(write_skipped_note(settings.out, "fat finetune-teacher: skipped", SKIPPED_WHY))
+        write_skipped_note(settings.out, "fat finetune-teacher", SKIPPED_WHY)
         return 0
     from pipeline.finetune.loop import INTERRUPTED_EXIT, finetune
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from pipeline.cli import add_command
-from pipeline.settings import check_values, from_args
-from pipeline.tune.settings import TuneSettings, write_skip_note
+from pipeline.core.skipped import write_skipped_note
+from pipeline.settings import from_args
+from pipeline.tune.settings import SKIPPED_WHY, TuneSettings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,8 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = from_args(TuneSettings, args)
     if settings.skip:  # before the search's imports: the demo's switched-off stage costs no torch start-up
-        check_values(settings)
-        write_skip_note(settings)
+        write_skipped_note(settings.out_dir, "fat tune-r", SKIPPED_WHY)
         return 0
     from pipeline.tune.run import run_tune
 

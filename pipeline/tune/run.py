@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from pipeline import runtime
 from pipeline.checkpoint import load_student, student_features
 from pipeline.core.errors import FatError
+from pipeline.core.skipped import write_skipped_note
 from pipeline.dataset import ClipDataset, DeviceInputs, collate_clips
 from pipeline.evaluate.rows import primary_metric
 from pipeline.evaluate.run import load_eval_set
@@ -19,10 +20,9 @@ from pipeline.settings import check_values
 from pipeline.tune.measure import FeatureCache
 from pipeline.tune.report import summary_line, write_reports
 from pipeline.tune.search import Budget, TuneResult, tune
-from pipeline.tune.settings import TuneSettings, write_skip_note
+from pipeline.tune.settings import SKIPPED_WHY, TuneSettings
 
 log = logging.getLogger(__name__)
-
 
 
 def run_tune(settings: TuneSettings) -> TuneResult | None:
@@ -30,7 +30,7 @@ def run_tune(settings: TuneSettings) -> TuneResult | None:
     (with `skip`: only a README.md saying so, the DVC stage's output when it is switched off)."""
     check_values(settings)
     if settings.skip:
-        write_skip_note(settings)
+        write_skipped_note(settings.out_dir, "fat tune-r", SKIPPED_WHY)
         return None
     budget = Budget(settings.speedup, settings.clips_per_s, settings.gflops)
     if (settings.speedup, settings.clips_per_s, settings.gflops).count(None) != 2:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.skipped import write_skipped_note
 from pipeline.evaluate.settings import TimingSettings
 from pipeline.packed.settings import packed_option
 from pipeline.settings import nested, option, threads_option
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -50,9 +46,3 @@ class TuneSettings:
 
 SKIPPED_WHY = ("These params (tune_r.skip: true) search no merge schedule. Run it with\n"
                "`dvc exp run -S tune_r.skip=false` or `fat tune-r --checkpoint ... --datafile ... --speedup 1.5`.")
-
-
-def write_skip_note(settings: TuneSettings) -> None:
-    """The switched-off stage's output (tune_r.skip), without loading torch or the search."""
-    note = write_skipped_note(settings.out_dir, "fat tune-r: skipped", SKIPPED_WHY)
-    log.info("tune-r: skipped (tune_r.skip); wrote %s", note)
