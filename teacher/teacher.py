@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,13 +117,15 @@ def checkpoint_classes(state: dict[str, Tensor]) -> int | None:
 
 
 @torch.no_grad()
-def measure_batchnorm(model: nn.Module, batches: Iterable[Tensor]) -> bool:
+def measure_batchnorm(model: nn.Module, batches: Iterable[Tensor],
+                      forward_context: Callable[[], AbstractContextManager] = nullcontext) -> bool:
     """Replace every BatchNorm's running statistics by their plain average over `batches` (model inputs).
 
     BatchNorm's running averages move by 1 % per step (EfficientAT's momentum 0.01): a network
     initialised at random, or trained from scratch for a few hundred steps, keeps statistics far
     from its activations' and is near chance in eval mode however well it fits in train mode.
     The model ends in eval mode; False (nothing done) when it has no BatchNorm (PaSST).
+    `forward_context` wraps each forward only (training's autocast), not the making of the batches.
     """
     norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
     if not norms:
@@ -135,7 +138,8 @@ def measure_batchnorm(model: nn.Module, batches: Iterable[Tensor]) -> bool:
     model.train()
     try:
         for batch in batches:
-            model(batch)
+            with forward_context():
+                model(batch)
     finally:
         for module, momentum in zip(norms, momenta):
             module.momentum = momentum

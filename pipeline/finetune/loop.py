@@ -287,10 +287,10 @@ class Finetuner(EpochSession):
                             batch_size=self.settings.eval_batch_size or self.settings.batch_size,
                             num_workers=self.settings.num_workers, worker_init_fn=worker_init)
         device = self.context.device
-        cuda = [device] if device.type == "cuda" else []
-        # fork_rng: the loader draws its seed from torch's generator, which training's dropout must not notice
-        with torch.random.fork_rng(devices=cuda), self.precision.autocast():
-            measure_batchnorm(self.model, (self.frontend(batch["wave"].to(device)).unsqueeze(1) for batch in loader))
+        # fork_rng: iter(loader) draws a seed from torch's generator, which training's dropout must not notice
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            mels = (self.frontend(batch["wave"].to(device)).unsqueeze(1) for batch in loader)  # fp32, as in training
+            measure_batchnorm(self.model, mels, self.precision.autocast)
 
     def end_epoch(self) -> None:
         sums = runtime.sum_floats(self.context, self.epoch_sums)
